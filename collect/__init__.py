@@ -1,0 +1,1 @@
+"""Lookalike collection: sample library, crawl, download, clean, split, Hub dataset."""

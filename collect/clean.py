@@ -1,0 +1,235 @@
+"""The `clean` stage: raw/<category>/<term>/* -> clean/<class>/*, with a quarantine for rejects.
+
+As in the seed, each search term is a class (the seed's merge step keys classes by the term folder,
+`Dataset/<category>/<term>/img`); a term listed under two categories becomes one class.
+
+Rules, and why:
+- raw/ is the downloader's cache and is never modified (so a re-download is never triggered by
+  cleaning). clean/ is derived from it; re-running gives the same clean/ (idempotent).
+- An image is rejected when it is not an image, is corrupt or truncated, is smaller than
+  `min_side` on either side (the seed's 50 px), or has the same bytes as one already kept
+  (first in sorted path order wins). Rejects are copied to quarantine/<reason>/<category>/<term>/
+  and logged in quarantine/reasons.jsonl; nothing is deleted silently.
+- Images that are not plain RGB (greyscale, CMYK, palette, transparency, animation) are converted
+  once through `retrieval.images.load_image` (transparency onto white, first frame, EXIF applied)
+  and saved as JPEG (from JPEG) or PNG; RGB JPEG/PNG/WebP/BMP files are copied byte for byte.
+- A file in clean/ that the current run does not produce (a stricter --min-side, a hand-added
+  file) is moved to quarantine/stale/<class>/, not deleted.
+- clean/.clean_state.json caches each source's check by content hash, so a re-run decodes only
+  new files.
+"""
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import io
+import json
+import logging
+import shutil
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from retrieval.atomic import atomic_path, write_bytes, write_json
+from retrieval.errors import ImageError, LibraryError
+from retrieval.images import load_image
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = ".clean_state.json"
+REASONS_LOG = "reasons.jsonl"
+MIN_SIDE = 50
+KEEP_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+@dataclass
+class CleanReport:
+    kept: int = 0
+    written: int = 0                                     # files newly written to clean/
+    converted: int = 0                                   # of the kept, how many were re-encoded as RGB
+    rejected: Counter = field(default_factory=Counter)   # reason -> files (this run's view of raw/)
+    quarantined: int = 0                                 # files newly placed in quarantine/
+    classes: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rej = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
+        return (f"{self.kept} images kept in {len(self.classes)} classes ({self.written} written, "
+                f"{self.converted} converted to RGB); rejected: {rej}; {self.quarantined} newly quarantined")
+
+
+def inspect_image(data: bytes, name: str) -> tuple[dict[str, Any], Image.Image | None]:
+    """Check one file's bytes: ({status, detail, width, height, format, mode, convert}, decoded image).
+
+    The header is read with PIL only to learn the format and mode (and to tell "not an image" from
+    "corrupt"); the pixels are decoded by `load_image`, like everywhere else.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            fmt, mode, frames = header.format, header.mode, getattr(header, "n_frames", 1)
+    except UnidentifiedImageError:
+        return {"status": "not_image", "detail": "no known image format"}, None
+    except Image.DecompressionBombError as exc:
+        return {"status": "corrupt", "detail": str(exc)[:200]}, None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return {"status": "corrupt", "detail": str(exc)[:200]}, None
+    try:
+        img = load_image(data, name=name)
+    except ImageError as exc:
+        return {"status": "corrupt", "detail": str(exc)[:200]}, None
+    convert = mode != "RGB" or fmt not in KEEP_FORMATS or frames > 1
+    return {"status": "ok", "detail": "", "width": img.width, "height": img.height,
+            "format": fmt, "mode": mode, "convert": convert}, img
+
+
+def _output_name(stem: str, info: dict[str, Any]) -> str:
+    if not info["convert"]:
+        return stem + KEEP_FORMATS[info["format"]]
+    return stem + (".jpg" if info["format"] == "JPEG" else ".png")
+
+
+def _encode_rgb(img: Image.Image, name: str) -> bytes:
+    buf = io.BytesIO()
+    if name.endswith(".jpg"):
+        img.save(buf, "JPEG", quality=95)
+    else:
+        img.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def raw_files(raw_dir: Path) -> list[tuple[str, str, Path]]:
+    """(category, term, file) for every visible file at raw/<category>/<term>/<file>, sorted."""
+    out = []
+    for cat in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for term in sorted(p for p in cat.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            out.extend((cat.name, term.name, f) for f in sorted(term.iterdir())
+                       if f.is_file() and not f.name.startswith("."))
+    return out
+
+
+class _Quarantine:
+    """Copies or moves rejects under quarantine/<reason>/..., appending to the reason log."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.new: list[dict[str, Any]] = []
+
+    def put(self, src: Path, rel: str, reason: str, detail: str, source: str, *, move: bool) -> None:
+        target = self.root / reason / rel
+        n = 1
+        while target.exists():
+            if filecmp.cmp(src, target, shallow=False):  # already kept here: nothing new to log
+                if move:
+                    src.unlink()
+                return
+            target = target.with_name(f"{Path(rel).stem}.{n}{Path(rel).suffix}")
+            n += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            shutil.move(src, target)  # a rename on one file system
+        else:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(src, tmp)
+        self.new.append({"file": target.relative_to(self.root).as_posix(), "source": source,
+                         "reason": reason, "detail": detail, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def flush(self) -> None:
+        if not self.new:
+            return
+        log_path = self.root / REASONS_LOG
+        old = log_path.read_bytes() if log_path.is_file() else b""
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.new)
+        write_bytes(log_path, old + lines.encode("utf-8"))
+
+
+def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_side: int = MIN_SIDE,
+                 progress: bool = True) -> CleanReport:
+    """Build clean/<class>/ from raw/<category>/<term>/; see the module docstring."""
+    raw_dir, clean_dir, quarantine_dir = Path(raw_dir), Path(clean_dir), Path(quarantine_dir)
+    if not raw_dir.is_dir():
+        raise LibraryError(f"no raw images at {raw_dir}: run `python build_index.py download` first")
+    files = raw_files(raw_dir)
+    if not files:
+        raise LibraryError(f"{raw_dir} holds no raw/<category>/<term>/<image> files to clean")
+    clean_dir.mkdir(parents=True, exist_ok=True)
+    state_path = clean_dir / STATE_NAME
+    checks, outputs = _load_state(state_path)
+    quarantine = _Quarantine(quarantine_dir)
+    report = CleanReport()
+    first_seen: dict[str, str] = {}
+    produced: dict[str, set[str]] = defaultdict(set)
+    categories_of: dict[str, set[str]] = defaultdict(set)
+
+    for category, term, path in tqdm(files, desc="cleaning", unit="img", disable=not progress):
+        rel = f"{category}/{term}/{path.name}"
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        info, img = (checks[sha], None) if sha in checks else inspect_image(data, rel)
+        checks[sha] = info
+        reason, detail = info["status"], info.get("detail", "")
+        if reason == "ok" and min(info["width"], info["height"]) < min_side:
+            reason, detail = "too_small", f"{info['width']}x{info['height']} < {min_side}px"
+        elif reason == "ok" and sha in first_seen:
+            reason, detail = "duplicate", f"same bytes as {first_seen[sha]}"
+        if reason != "ok":
+            report.rejected[reason] += 1
+            quarantine.put(path, rel, reason, detail, f"raw/{rel}", move=False)
+            continue
+        first_seen[sha] = rel
+        cls = term
+        name = _output_name(path.stem, info)
+        target = clean_dir / cls / name
+        out_rel = f"{cls}/{name}"
+        if not target.is_file() or outputs.get(out_rel) != sha:
+            if info["convert"]:
+                if img is None:  # the check came from the state cache
+                    img = load_image(data, name=rel)
+                write_bytes(target, _encode_rgb(img, name))
+            else:
+                write_bytes(target, data)
+            outputs[out_rel] = sha
+            report.written += 1
+        report.converted += bool(info["convert"])
+        produced[cls].add(name)
+        categories_of[cls].add(category)
+
+    for cls, cats in sorted(categories_of.items()):
+        if len(cats) > 1:
+            log.info("class %r merges the term from categories %s", cls, ", ".join(sorted(cats)))
+    _move_stale(clean_dir, produced, quarantine)
+    quarantine.flush()
+    live = {f"{cls}/{name}" for cls, names in produced.items() for name in names}
+    write_json(state_path, {"version": 1, "checks": checks,
+                            "outputs": {k: v for k, v in outputs.items() if k in live}})
+    report.kept = sum(len(v) for v in produced.values())
+    report.quarantined = len(quarantine.new)
+    report.classes = {cls: len(names) for cls, names in sorted(produced.items())}
+    log.info("clean: %s -> %s", report.summary(), clean_dir)
+    return report
+
+
+def _load_state(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({source sha256: check result}, {clean rel path: source sha256}) from the last run."""
+    if not path.is_file():
+        return {}, {}
+    try:
+        state = json.loads(path.read_text("utf-8"))
+        return dict(state["checks"]), dict(state["outputs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("ignoring unreadable %s; every image is checked again", path)
+        return {}, {}
+
+
+def _move_stale(clean_dir: Path, produced: dict[str, set[str]], quarantine: _Quarantine) -> None:
+    """Files in clean/<class>/ that this run did not produce go to quarantine/stale/<class>/."""
+    for cls_dir in sorted(p for p in clean_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(p for p in cls_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+            if f.name not in produced.get(cls_dir.name, ()):
+                rel = f"{cls_dir.name}/{f.name}"
+                quarantine.put(f, rel, "stale", "no longer produced from raw/ by this run", f"clean/{rel}", move=True)
+        if not any(cls_dir.iterdir()):
+            cls_dir.rmdir()

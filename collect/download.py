@@ -1,0 +1,464 @@
+"""Polite, safe, resumable image downloader: urls.json -> raw/<category>/<term>/<sha1>.<ext>.
+
+Why each rule is here:
+- Politeness is a per-host rate limit shared by all worker threads (`HostRateLimiter`): a request to
+  a host starts at least `delay` seconds after the previous one to that host started, whichever
+  thread sends it, while other hosts proceed in parallel. The key is the host name without the port
+  (one server, one budget). Retries and redirect hops go through the same limiter, and a 429's
+  Retry-After (or a 5xx backoff) pushes the whole host back, not just one thread.
+- One GET per image, streamed, no HEAD probe. Redirects are followed by hand (at most
+  `max_redirects` hops) so that every hop's scheme is checked: only http and https are fetched.
+- The body must be `image/*`, under `max_bytes` (streaming stops as soon as it is exceeded) and must
+  decode through `retrieval.images.load_image`; only then is it written, atomically.
+- File names never come from the URL: `sha1(url)[:16]` plus an extension from a fixed list, under
+  sanitised category and term folders whose resolved path is checked to be inside raw/.
+- `raw/manifest.json` (written atomically, every few seconds and at the end) maps each
+  (category, term, url) to its file and status. A re-run skips files already present and failures
+  that a retry cannot fix (404, not an image, ...); transient failures (timeouts, 5xx, 429,
+  truncated bodies, connection errors) are tried again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from tqdm import tqdm
+from urllib3.exceptions import ReadTimeoutError
+
+from retrieval.atomic import write_bytes, write_json
+from retrieval.errors import ImageError, LookalikeError
+from retrieval.images import IMAGE_EXTENSIONS, load_image
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+USER_AGENT = "Lookalike/0.1 (image-retrieval course project; polite downloader)"
+CHUNK = 64 * 1024
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+CONTENT_TYPE_EXT = {
+    "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/pjpeg": ".jpg", "image/png": ".png",
+    "image/webp": ".webp", "image/gif": ".gif", "image/bmp": ".bmp", "image/x-ms-bmp": ".bmp",
+}
+
+OK = "ok"
+# Failures a re-run cannot fix by trying again (unless asked with retry_failed).
+PERMANENT = frozenset({"bad_url", "bad_scheme", "bad_content_type", "not_image", "too_large",
+                       "too_many_redirects", "unsafe_path"})
+
+
+def is_permanent(status: str) -> bool:
+    """4xx answers other than 429 (and the checks above) will not change on a retry."""
+    if status in PERMANENT:
+        return True
+    if status.startswith("http_") and status[5:].isdigit():
+        code = int(status[5:])
+        return (400 <= code < 500 and code != 429) or code in REDIRECT_CODES
+    return False
+
+
+class DownloadError(LookalikeError):
+    """urls.json is missing or not shaped {category: {term: [urls]}}."""
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Knobs of one download run; the defaults are polite to a public image host."""
+
+    workers: int = 4
+    delay: float = 1.0              # seconds between request starts to one host
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0      # longest silence while waiting for bytes
+    total_timeout: float = 120.0    # longest a whole body may take to arrive
+    retries: int = 3                # extra attempts after a 5xx, 429, truncated body or reset
+    backoff: float = 1.0            # first retry wait; doubles each attempt
+    max_retry_after: float = 120.0  # a longer Retry-After gives up (the next run retries)
+    max_bytes: int = 20 * 2 ** 20
+    max_redirects: int = 5
+    checkpoint_s: float = 10.0      # manifest written at least this often during a run
+    retry_failed: bool = False      # also retry permanent failures (404, not_image, ...)
+    user_agent: str = USER_AGENT
+
+
+@dataclass
+class Outcome:
+    """What happened to one URL; becomes one manifest record."""
+
+    status: str
+    detail: str = ""
+    file: str | None = None
+    bytes: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class DownloadReport:
+    counts: Counter = field(default_factory=Counter)  # status -> URLs (this run's state of every URL)
+    fetched: int = 0                                   # URLs requested from the network this run
+    skipped: int = 0                                   # URLs settled by an earlier run
+    manifest: Path | None = None
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"{sum(self.counts.values())} urls ({self.fetched} fetched, {self.skipped} skipped): {parts}"
+
+
+class HostRateLimiter:
+    """Per-host rate limit: request starts to one host are at least `delay` seconds apart.
+
+    Each caller reserves the host's next free slot under a lock, then sleeps outside the lock, so
+    threads waiting on one host never hold up threads bound for another.
+    """
+
+    def __init__(self, delay: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.delay = max(0.0, delay)
+        self._clock, self._sleep = clock, sleep
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, host: str) -> None:
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next.get(host, now))
+            self._next[host] = start + self.delay
+        if start > now:
+            self._sleep(start - now)
+
+    def defer(self, host: str, seconds: float) -> None:
+        """Push the host's next slot to at least `seconds` from now (Retry-After, backoff)."""
+        with self._lock:
+            self._next[host] = max(self._next.get(host, 0.0), self._clock() + seconds)
+
+
+def host_key(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def safe_component(name: str, max_len: int = 80) -> str:
+    """A folder name that cannot climb, hide or nest: letters, digits, ' ', '_', '-', '.' only,
+    no leading or trailing dots/spaces. Empty results fall back to a hash of the original."""
+    text = unicodedata.normalize("NFKC", str(name))
+    text = re.sub(r"\.{2,}", ".", re.sub(r"[^\w.\- ]+", "_", text))
+    text = re.sub(r"\s+", " ", text).strip(" .")[:max_len].strip(" .")
+    return text or "_" + hashlib.sha1(str(name).encode("utf-8")).hexdigest()[:8]
+
+
+def url_stem(url: str) -> str:
+    return hashlib.sha1(url.encode("utf-8")).hexdigest()[:16]
+
+
+def pick_extension(content_type: str, url: str) -> str:
+    """From the Content-Type, else the URL's suffix if it is an image one, else .jpg."""
+    ext = CONTENT_TYPE_EXT.get(content_type)
+    if ext:
+        return ext
+    suffix = Path(urlsplit(url).path).suffix.lower()
+    return suffix if suffix in IMAGE_EXTENSIONS else ".jpg"
+
+
+def term_dir(raw_dir: Path, category: str, term: str) -> Path:
+    """raw/<category>/<term>, refused if it would resolve outside raw/."""
+    raw_dir = Path(raw_dir)
+    folder = raw_dir / safe_component(category) / safe_component(term)
+    if not folder.resolve().is_relative_to(raw_dir.resolve()):
+        raise DownloadError(f"refusing folder {folder}: it resolves outside {raw_dir}")
+    return folder
+
+
+def existing_file(folder: Path, stem: str) -> Path | None:
+    """A finished download of this URL (any image extension), ignoring temporary files."""
+    for ext in sorted(set(CONTENT_TYPE_EXT.values()) | IMAGE_EXTENSIONS):
+        path = folder / (stem + ext)
+        if path.is_file():
+            return path
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def load_urls(path: Path) -> dict[str, dict[str, list[str]]]:
+    """Read and check urls.json ({category: {term: [urls]}}), as the crawler writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DownloadError(f"no {path}: run `python build_index.py crawl` first (or pass --urls FILE)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DownloadError(f"{path} is not readable JSON ({exc}); crawl again with --force") from None
+    ok = isinstance(data, dict) and all(
+        isinstance(terms, dict) and all(isinstance(urls, list) for urls in terms.values())
+        for terms in data.values())
+    if not ok:
+        raise DownloadError(f"{path} is not shaped {{category: {{term: [urls]}}}}; crawl again with --force")
+    return data
+
+
+Key = tuple[str, str, str]  # (category, term, url)
+
+
+def load_manifest(path: Path) -> dict[Key, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text(encoding="utf-8")).get("items", [])
+        return {(r["category"], r["term"], r["url"]): r for r in records}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring unreadable %s (%s); files on disk still count as done", path, exc)
+        return {}
+
+
+def save_manifest(path: Path, records: dict[Key, dict[str, Any]]) -> None:
+    write_json(path, {"version": 1, "items": [records[k] for k in sorted(records)]})
+
+
+def _interleave_by_host(jobs: list[Key]) -> list[Key]:
+    """Round-robin across hosts so the pool's threads are not all queued behind one host."""
+    by_host: dict[str, list[Key]] = defaultdict(list)
+    for job in jobs:
+        by_host[host_key(job[2])].append(job)
+    return [job for batch in zip_longest(*by_host.values()) for job in batch if job is not None]
+
+
+class Downloader:
+    """Downloads jobs (category, term, url) into raw_dir; see the module docstring for the rules."""
+
+    def __init__(self, raw_dir: Path, config: DownloadConfig = DownloadConfig()) -> None:
+        self.raw_dir = Path(raw_dir)
+        self.config = config
+        self.limiter = HostRateLimiter(config.delay)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    # ---- network
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update({"User-Agent": self.config.user_agent, "Accept": "image/*"})
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def fetch(self, url: str) -> tuple[Outcome, bytes | None, str]:
+        """GET with retries; returns (outcome, body, content type). Body only when status is ok."""
+        cfg = self.config
+        outcome = Outcome("bad_url")
+        for attempt in range(cfg.retries + 1):
+            outcome, body, ctype, retry_in = self._attempt(url, attempt)
+            outcome.attempts = attempt + 1
+            if retry_in is None or attempt == cfg.retries:
+                return outcome, body, ctype
+            log.debug("%s: %s, retrying in %.1fs", url, outcome.status, retry_in)
+            self.limiter.defer(host_key(url), retry_in)
+        return outcome, None, ""
+
+    def _attempt(self, url: str, attempt: int) -> tuple[Outcome, bytes | None, str, float | None]:
+        """One try, following redirects by hand. The last value is the wait before a retry, or None."""
+        cfg = self.config
+        current = url
+        for _hop in range(cfg.max_redirects + 1):
+            parts = urlsplit(current)
+            if parts.scheme.lower() not in ("http", "https"):
+                return Outcome("bad_scheme", f"scheme {parts.scheme or '(none)'!r} in {current[:200]}"), None, "", None
+            if not parts.hostname:
+                return Outcome("bad_url", f"no host in {current[:200]}"), None, "", None
+            self.limiter.wait(parts.hostname.lower())
+            try:
+                resp = self._session().get(current, stream=True, allow_redirects=False,
+                                           timeout=(cfg.connect_timeout, cfg.read_timeout))
+            except requests.Timeout as exc:
+                return Outcome("timeout", str(exc)[:200]), None, "", None
+            except requests.ConnectionError as exc:
+                return Outcome("connection_error", str(exc)[:200]), None, "", self._backoff(attempt)
+            except requests.RequestException as exc:  # InvalidURL, InvalidSchema, ...
+                return Outcome("bad_url", str(exc)[:200]), None, "", None
+            with resp:
+                if resp.status_code in REDIRECT_CODES:
+                    location = resp.headers.get("Location")
+                    if not location:
+                        return Outcome(f"http_{resp.status_code}", "redirect without Location"), None, "", None
+                    current = urljoin(current, location)
+                    continue
+                return self._read(resp, attempt)
+        return Outcome("too_many_redirects", f"more than {cfg.max_redirects} redirects"), None, "", None
+
+    def _backoff(self, attempt: int) -> float:
+        return self.config.backoff * 2 ** attempt
+
+    def _read(self, resp: requests.Response, attempt: int) -> tuple[Outcome, bytes | None, str, float | None]:
+        cfg = self.config
+        code = resp.status_code
+        if code == 429 or 500 <= code < 600:
+            status = f"http_{code}"
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if retry_after is not None and retry_after > cfg.max_retry_after:
+                return Outcome(status, f"Retry-After {retry_after:.0f}s is over the "
+                                       f"{cfg.max_retry_after:.0f}s cap; the next run retries"), None, "", None
+            return Outcome(status), None, "", max(retry_after or 0.0, self._backoff(attempt))
+        if code != 200:
+            return Outcome(f"http_{code}"), None, "", None
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if not ctype.startswith("image/"):
+            return Outcome("bad_content_type", ctype or "(none)"), None, ctype, None
+        declared = resp.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cfg.max_bytes:
+            return Outcome("too_large", f"Content-Length {declared} > {cfg.max_bytes}"), None, ctype, None
+        body = bytearray()
+        deadline = time.monotonic() + cfg.total_timeout
+        try:
+            for chunk in resp.iter_content(CHUNK):
+                body += chunk
+                if len(body) > cfg.max_bytes:
+                    return Outcome("too_large", f"body over {cfg.max_bytes} bytes"), None, ctype, None
+                if time.monotonic() > deadline:
+                    return Outcome("timeout", f"body took over {cfg.total_timeout:.0f}s"), None, ctype, None
+        except requests.exceptions.ChunkedEncodingError as exc:  # urllib3 enforces Content-Length
+            return Outcome("truncated", str(exc)[:200]), None, ctype, self._backoff(attempt)
+        except requests.ConnectionError as exc:
+            if exc.args and isinstance(exc.args[0], ReadTimeoutError):
+                return Outcome("timeout", str(exc)[:200]), None, ctype, None
+            return Outcome("connection_error", str(exc)[:200]), None, ctype, self._backoff(attempt)
+        except requests.Timeout as exc:
+            return Outcome("timeout", str(exc)[:200]), None, ctype, None
+        return Outcome(OK, bytes=len(body)), bytes(body), ctype, None
+
+    # ---- one job
+    def download(self, category: str, term: str, url: str) -> Outcome:
+        """Fetch, check and store one URL; never raises for a bad URL or server."""
+        try:
+            folder = term_dir(self.raw_dir, category, term)
+        except DownloadError as exc:
+            return Outcome("unsafe_path", str(exc))
+        outcome, body, ctype = self.fetch(url)
+        if outcome.status != OK or body is None:
+            return outcome
+        try:
+            load_image(body, name=url)
+        except ImageError as exc:
+            return Outcome("not_image", str(exc)[:200], attempts=outcome.attempts)
+        target = folder / (url_stem(url) + pick_extension(ctype, url))
+        if not target.resolve().is_relative_to(self.raw_dir.resolve()):  # belt and braces
+            return Outcome("unsafe_path", f"{target} is outside {self.raw_dir}", attempts=outcome.attempts)
+        write_bytes(target, body)
+        outcome.file = target.relative_to(self.raw_dir).as_posix()
+        return outcome
+
+    # ---- a whole run
+    def run(self, jobs: Iterable[Key], *, progress: bool = True) -> DownloadReport:
+        """Download every job not already settled; the manifest is checkpointed and always saved."""
+        cfg = self.config
+        manifest_path = self.raw_dir / MANIFEST_NAME
+        records = load_manifest(manifest_path)
+        report = DownloadReport(manifest=manifest_path)
+        todo: list[Key] = []
+        for key in dict.fromkeys(jobs):
+            settled = self._settled(key, records.get(key))
+            if settled is None:
+                todo.append(key)
+            else:
+                records[key] = settled
+                report.skipped += 1
+                report.counts[settled["status"]] += 1
+        log.info("download: %d urls to fetch, %d settled by earlier runs", len(todo), report.skipped)
+        if not todo:
+            save_manifest(manifest_path, records)
+            return report
+        last_save = time.monotonic()
+        executor = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="download")
+        try:
+            futures = {executor.submit(self.download, *key): key for key in _interleave_by_host(todo)}
+            for future in tqdm(as_completed(futures), total=len(futures), desc="downloading",
+                               unit="img", disable=not progress):
+                key = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # a bug or disk error: record it, keep the others going
+                    log.exception("%s failed unexpectedly", key[2])
+                    outcome = Outcome("error", f"{type(exc).__name__}: {exc}"[:200])
+                records[key] = self._record(key, outcome)
+                report.fetched += 1
+                report.counts[outcome.status] += 1
+                if time.monotonic() - last_save >= cfg.checkpoint_s:
+                    save_manifest(manifest_path, records)
+                    last_save = time.monotonic()
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            self.close()
+            save_manifest(manifest_path, records)
+        log.info("download: %s; manifest %s", report.summary(), manifest_path)
+        return report
+
+    def _settled(self, key: Key, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The record to keep without fetching, or None when the URL must be fetched (again)."""
+        category, term, url = key
+        try:
+            folder = term_dir(self.raw_dir, category, term)
+        except DownloadError:
+            return None
+        found = existing_file(folder, url_stem(url))
+        if found is not None:
+            if record is not None and record.get("status") == OK:
+                return record
+            # The manifest was lost or is stale: the atomically written file is proof of success.
+            rel = found.relative_to(self.raw_dir).as_posix()
+            return self._record(key, Outcome(OK, "found on disk", rel, found.stat().st_size))
+        if record and not self.config.retry_failed and is_permanent(record.get("status", "")):
+            return record
+        return None
+
+    @staticmethod
+    def _record(key: Key, outcome: Outcome) -> dict[str, Any]:
+        category, term, url = key
+        return {"category": category, "term": term, "url": url, "file": outcome.file,
+                "status": outcome.status, "detail": outcome.detail, "bytes": outcome.bytes,
+                "attempts": outcome.attempts, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def jobs_from_urls(data: dict[str, dict[str, list[str]]]) -> list[Key]:
+    """Flatten urls.json into (category, term, url) jobs, in file order, without repeats."""
+    jobs: list[Key] = []
+    for category, terms in data.items():
+        for term, urls in terms.items():
+            jobs.extend((str(category), str(term), u) for u in urls if isinstance(u, str) and u.strip())
+    return list(dict.fromkeys(jobs))
+
+
+def download_images(urls_path: Path, raw_dir: Path, config: DownloadConfig = DownloadConfig(),
+                    *, progress: bool = True) -> DownloadReport:
+    """The `download` stage: every URL in urls.json into raw_dir, resumable."""
+    jobs = jobs_from_urls(load_urls(urls_path))
+    return Downloader(raw_dir, config).run(jobs, progress=progress)

@@ -1,0 +1,330 @@
+"""data/ <-> a Hugging Face dataset repo (`push` and `pull`).
+
+One conversion in each direction, used by the Hub commands and by the offline tests alike:
+- `data_to_datasetdict(data)`: data/<split>/<class>/<file> -> DatasetDict with columns `image`
+  (datasets.Image, the original bytes, never re-encoded), `label` (ClassLabel over the sorted class
+  names, the same for every split) and `file` (the original file name, so pull restores the
+  same names and the index's content hashes stay valid).
+- `write_hub_folder(dd, folder)`: the repo's files: data/<split>-NNNNN-of-NNNNN.parquet (the layout
+  `push_to_hub` uses, so `load_dataset(repo_id)` works), README.md (dataset card with YAML
+  metadata) and the attribution / split records from data/.
+- `read_hub_folder(folder)` and `datasetdict_to_data(dd, data)` go back; every class and file
+  name is checked so that nothing can be written outside data/.
+`push` uploads the folder with HfApi (create_repo + upload_folder, repo_type="dataset"); `pull`
+fetches it with snapshot_download. The token comes from HF_TOKEN or the `hf auth login` store
+(huggingface_hub.get_token) and is handed to huggingface_hub only, never logged or printed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import huggingface_hub
+import yaml
+from huggingface_hub import HfApi, snapshot_download
+
+from retrieval.atomic import write_bytes
+from retrieval.errors import LibraryError, LookalikeError
+
+from .split import SPLITS, list_classes
+
+log = logging.getLogger(__name__)
+
+CARRIED_FILES = ("ATTRIBUTION.json", "ATTRIBUTION.md", "split.json")  # copied data/ <-> repo root
+SHARD_BYTES = 400 * 2 ** 20
+SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{5}-of-\d{5}\.parquet$")
+HF_LICENSES = {  # normalised stated licence -> Hub licence id
+    "cc0": "cc0-1.0", "cc0-1.0": "cc0-1.0", "cc-by-4.0": "cc-by-4.0", "cc-by-3.0": "cc-by-3.0",
+    "cc-by-2.0": "cc-by-2.0", "cc-by-sa-4.0": "cc-by-sa-4.0", "cc-by-sa-3.0": "cc-by-sa-3.0",
+    "cc-by-nc-4.0": "cc-by-nc-4.0", "gpl-2": "gpl-2.0", "gpl-2.0": "gpl-2.0", "gpl-3": "gpl-3.0",
+    "gpl-3.0": "gpl-3.0", "mit": "mit", "apache-2.0": "apache-2.0", "pddl": "pddl",
+}
+MAGIC_EXT = ((b"\xff\xd8", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
+
+
+class HubError(LookalikeError):
+    """No token, or the Hub refused the request; the message says what to do."""
+
+
+def _features(classes: list[str]):
+    import datasets
+    return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes),
+                              "file": datasets.Value("string")})
+
+
+def data_to_datasetdict(data_dir: Path):
+    """data/<split>/<class>/* -> DatasetDict (image bytes embedded, label ClassLabel, file name)."""
+    import datasets
+    from datasets.table import embed_table_storage
+
+    data_dir = Path(data_dir)
+    listed = {s: list_classes(data_dir / s) for s in SPLITS if (data_dir / s).is_dir()}
+    classes = sorted({c for by_class in listed.values() for c, files in by_class.items() if files})
+    if not classes:
+        raise LibraryError(f"no images under {data_dir}/{{train,test}}/<class>/: run the split stage "
+                           "(python build_index.py split) or pull a dataset first")
+    features = _features(classes)
+    out = datasets.DatasetDict()
+    for split, by_class in listed.items():
+        rows = [(str(data_dir / split / c / f), classes.index(c), f)
+                for c in sorted(by_class) for f in by_class[c]]
+        if not rows:
+            continue
+        paths, labels, files = map(list, zip(*rows))
+        ds = datasets.Dataset.from_dict({"image": paths, "label": labels, "file": files}, features=features)
+        # Read the files into the table now, as push_to_hub does, so the dataset stands alone.
+        out[split] = ds.with_format("arrow").map(embed_table_storage, batched=True,
+                                                 desc=f"reading {split}").with_format(None)
+    return out
+
+
+def _class_names(dd) -> list[str]:
+    first = next(iter(dd.values()))
+    label = first.features["label"]
+    return list(label.names) if hasattr(label, "names") else sorted({str(x) for ds in dd.values() for x in ds["label"]})
+
+
+def _safe_name(name: str, what: str) -> str:
+    """A single path component that cannot climb out of, or hide in, its folder."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or name.startswith(".")
+            or any(c in name for c in "/\\\0") or name != name.strip()):
+        raise LibraryError(f"refusing {what} {name!r}: it would write outside data/ or hide a file; "
+                           "the dataset is not a Lookalike library")
+    return name
+
+
+def datasetdict_to_data(dd, data_dir: Path) -> dict[str, Any]:
+    """Write a DatasetDict back as data/<split>/<class>/<file>, atomically; refuse unsafe names.
+
+    Every name is checked before anything is written. Identical files already there are kept.
+    Rows without a `file` column (a dataset made by push_to_hub) are named <split>-NNNNN.<ext>.
+    """
+    import datasets
+
+    data_dir = Path(data_dir)
+    root = data_dir.resolve()
+    classes = _class_names(dd)
+    plans: dict[str, list[tuple[Path, str | None]]] = {}
+    for split, ds in dd.items():
+        _safe_name(split, "split name")
+        files = ds["file"] if "file" in ds.column_names else [None] * len(ds)
+        plan = []
+        for label, file in zip(ds["label"], files):
+            cls = _safe_name(classes[label] if isinstance(label, int) else str(label), "class name")
+            name = _safe_name(file, "file name") if file is not None else None
+            folder = data_dir / split / cls
+            if not (folder / (name or "x")).resolve().is_relative_to(root):
+                raise LibraryError(f"refusing {folder / (name or '')}: it resolves outside {data_dir}")
+            plan.append((folder, name))
+        plans[split] = plan
+    written = unchanged = 0
+    for split, ds in dd.items():
+        rows = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+        for i, ((folder, name), row) in enumerate(zip(plans[split], rows)):
+            data = row["image"]["bytes"]
+            if data is None:
+                raise LibraryError(f"row {i} of {split} has no image bytes; push it again with `build_index.py push`")
+            target = folder / (name or f"{split}-{i:05d}{_sniff_ext(data)}")
+            if target.is_file() and target.read_bytes() == data:
+                unchanged += 1
+                continue
+            write_bytes(target, data)
+            written += 1
+    return {"classes": len(classes), **{s: len(p) for s, p in plans.items()}, "written": written,
+            "unchanged": unchanged}
+
+
+def _sniff_ext(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((ext for magic, ext in MAGIC_EXT if data.startswith(magic)), ".jpg")
+
+
+# ---- the repo's files ---------------------------------------------------------------------------
+
+def _summarise_attribution(data_dir: Path) -> tuple[Counter, Counter] | None:
+    """(images per licence, images per source) from data/ATTRIBUTION.json, if there is one."""
+    path = Path(data_dir) / "ATTRIBUTION.json"
+    if not path.is_file():
+        return None
+    try:
+        records = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s (%s)", path, exc)
+        return None
+    if isinstance(records, dict):
+        records = records.get("images") or records.get("records") or list(records.values())
+    records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    licences = Counter(str(r.get("licence_id") or r.get("licence") or r.get("license") or "unknown") for r in records)
+    sources = Counter(str(r.get("package") or r.get("source") or "unknown") for r in records)
+    return licences, sources
+
+
+def hub_license(licences: Iterable[str]) -> str:
+    """The card's `license`: the Hub id when all images share one known licence, else 'other'."""
+    ids = {HF_LICENSES.get(re.sub(r"[\s_]+", "-", str(x).strip().lower())) for x in licences}
+    return ids.pop() if len(ids) == 1 and None not in ids else "other"
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def dataset_card(dd, repo_id: str, *, attribution: tuple[Counter, Counter] | None = None,
+                 license: str | None = None) -> str:
+    """README.md: YAML metadata (license, task, configs, features) plus classes, counts, sources."""
+    classes = _class_names(dd)
+    per_class = {s: Counter(ds["label"]) for s, ds in dd.items()}
+    total = sum(len(ds) for ds in dd.values())
+    lic = license or (hub_license(attribution[0]) if attribution else "other")
+    meta: dict[str, Any] = {
+        "license": lic,
+        **({"license_name": "mixed" if attribution else "flickr-photo-licences"} if lic == "other" else {}),
+        "task_categories": ["image-classification"],
+        "pretty_name": f"Lookalike library ({repo_id.split('/')[-1]})",
+        "size_categories": [_size_category(total)],
+        "tags": ["image-retrieval", "lookalike"],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in dd]}],
+        "dataset_info": {
+            "features": [{"name": "image", "dtype": "image"},
+                         {"name": "label", "dtype": {"class_label": {"names": {i: c for i, c in enumerate(classes)}}}},
+                         {"name": "file", "dtype": "string"}],
+            "splits": [{"name": s, "num_examples": len(ds)} for s, ds in dd.items()],
+        },
+    }
+    lines = [
+        "---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+        f"# {meta['pretty_name']}", "",
+        f"An image-retrieval library for Lookalike: {total} images in {len(classes)} classes "
+        f"({', '.join(f'{len(ds)} {s}' for s, ds in dd.items())}). Each image keeps its original bytes; "
+        "`label` is the class, `file` the original file name.", "",
+        "```python", "from datasets import load_dataset", f'ds = load_dataset("{repo_id}")', "```", "",
+        f"Restore the folder layout `data/<split>/<class>/<file>` with "
+        f"`python build_index.py pull --repo-id {repo_id} --data data`.", "",
+        "## Classes", "", "| class | " + " | ".join(dd) + " |", "|---|" + "---|" * len(dd),
+        *[f"| {c} | " + " | ".join(str(per_class[s][i]) for s in dd) + " |" for i, c in enumerate(classes)],
+        "", "## Sources and licences", "",
+    ]
+    if attribution:
+        licences, sources = attribution
+        lines += ["Summarised from `ATTRIBUTION.json` (one record per image, included in this repo):", "",
+                  "| licence | images |", "|---|---|",
+                  *[f"| {k} | {v} |" for k, v in licences.most_common()], "",
+                  "| source | images |", "|---|---|", *[f"| {k} | {v} |" for k, v in sources.most_common()], ""]
+    else:
+        lines += ["The images were collected from public web search results (Flickr by default) by "
+                  "`python build_index.py crawl` and `download`. Each photo remains under its owner's "
+                  "licence, which this dataset does not change; check a photo's licence on its source "
+                  "page before reusing it outside research and teaching.", ""]
+    return "\n".join(lines)
+
+
+def _shards(ds, max_bytes: int) -> int:
+    return max(1, math.ceil(ds.data.nbytes / max_bytes))
+
+
+def write_hub_folder(dd, folder: Path, *, repo_id: str, data_dir: Path | None = None,
+                     license: str | None = None, shard_bytes: int = SHARD_BYTES) -> list[str]:
+    """Write the repo's files into `folder`; returns their paths relative to it."""
+    folder = Path(folder)
+    files: list[str] = []
+    for split, ds in dd.items():
+        n = _shards(ds, shard_bytes)
+        for i in range(n):
+            rel = f"data/{split}-{i:05d}-of-{n:05d}.parquet"
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            ds.shard(n, i, contiguous=True).to_parquet(str(folder / rel))
+            files.append(rel)
+    attribution = _summarise_attribution(data_dir) if data_dir is not None else None
+    (folder / "README.md").write_text(dataset_card(dd, repo_id, attribution=attribution, license=license), "utf-8")
+    files.append("README.md")
+    for name in CARRIED_FILES:
+        if data_dir is not None and (Path(data_dir) / name).is_file():
+            (folder / name).write_bytes((Path(data_dir) / name).read_bytes())
+            files.append(name)
+    return files
+
+
+def read_hub_folder(folder: Path):
+    """The DatasetDict stored in a repo folder's data/<split>-*.parquet shards."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards: dict[str, list[Path]] = {}
+    for path in sorted((Path(folder) / "data").glob("*.parquet")):
+        m = SHARD_NAME.match(path.name)
+        if m:
+            shards.setdefault(m["split"], []).append(path)
+    if not shards:
+        raise LibraryError(f"{folder} has no data/<split>-NNNNN-of-NNNNN.parquet files: not a dataset pushed "
+                           "by `build_index.py push` or `push_to_hub`")
+    out = datasets.DatasetDict()
+    for split, paths in shards.items():
+        table = pa.concat_tables([pq.read_table(p) for p in paths])
+        features = datasets.Features.from_arrow_schema(table.schema)
+        out[split] = datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+    return out
+
+
+# ---- the Hub boundary ---------------------------------------------------------------------------
+
+def resolve_token(token: str | None = None) -> str | None:
+    """An explicit token, else HF_TOKEN, else the `hf auth login` store (huggingface_hub.get_token)."""
+    return token or huggingface_hub.get_token()
+
+
+def push(data_dir: Path, repo_id: str, *, private: bool = False, license: str | None = None,
+         token: str | None = None, commit_message: str | None = None) -> dict[str, Any]:
+    """Upload data/ as a dataset repo (parquet shards, card, attribution); returns a summary."""
+    token = resolve_token(token)
+    if not token:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, "
+                       "or skip this stage with --no-hub")
+    dd = data_to_datasetdict(data_dir)
+    counts = {s: len(ds) for s, ds in dd.items()}
+    with tempfile.TemporaryDirectory(prefix="lookalike-hub-") as staging:
+        files = write_hub_folder(dd, Path(staging), repo_id=repo_id, data_dir=data_dir, license=license)
+        api = HfApi(token=token)
+        try:
+            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=staging,
+                              commit_message=commit_message or f"Lookalike library: {counts}",
+                              delete_patterns=["data/*.parquet"])  # drop shards of an older layout
+        except Exception as exc:  # HfHubHTTPError, offline mode, network: say what to check
+            raise HubError(f"pushing to the dataset repo {repo_id} failed: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}. Check the repo id, your "
+                           "network and that the token may write to it.") from None
+    summary = {"repo_id": repo_id, "url": f"https://huggingface.co/datasets/{repo_id}", "files": files,
+               "classes": len(_class_names(dd)), **counts}
+    log.info("push: %s images in %d classes -> %s", counts, summary["classes"], summary["url"])
+    return summary
+
+
+def pull(repo_id: str, data_dir: Path, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """Restore data/ (and its attribution files) from a dataset repo."""
+    data_dir = Path(data_dir)
+    with tempfile.TemporaryDirectory(prefix="lookalike-hub-") as tmp:
+        try:
+            snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=tmp,
+                              token=resolve_token(token), allow_patterns=["data/*.parquet", "README.md", *CARRIED_FILES])
+        except Exception as exc:
+            raise HubError(f"downloading the dataset repo {repo_id} failed: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}. Check the repo id and your "
+                           "network (and HF_HUB_OFFLINE), and log in with `hf auth login` for a private repo.") from None
+        summary = datasetdict_to_data(read_hub_folder(Path(tmp)), data_dir)
+        for name in CARRIED_FILES:
+            if (Path(tmp) / name).is_file():
+                write_bytes(data_dir / name, (Path(tmp) / name).read_bytes())
+    log.info("pull: %s -> %s (%d written, %d unchanged)", repo_id, data_dir, summary["written"], summary["unchanged"])
+    return {"repo_id": repo_id, **summary}

@@ -1,0 +1,1 @@
+"""Lookalike retrieval: library scan, pixel and deep-feature indexes, search and evaluation."""

@@ -1,0 +1,179 @@
+"""Deep-feature embedders behind one small interface, and `load_embedder(spec)` to pick one.
+
+The shared work (device, half precision, eval/inference mode, batching, L2 normalisation and the
+threaded decode pipeline that streams a library batch by batch) lives once in `Embedder`; the
+subclasses only bring a model, its preprocessing and the call that turns a batch into features.
+
+Specs (what a user types after --model):
+  None / "auto"                      default CLIP when its weights are local or reachable, else effnet
+  "effnet" / "efficientnet-lite0"    the offline ImageNet backbone (image-only)
+  "ViT-B-32:laion2b_s34b_b79k"       open_clip model + published pretrained tag (Hub, or HF cache)
+  "ViT-B-32:/path/to/ckpt.pt"        open_clip model + local state dict
+The canonical `spec` an embedder reports (recorded in the index manifest) is stable across
+machines: "open_clip:<model>:<tag>", "open_clip:<model>:<sha256 of the checkpoint>" or
+"effnet:efficientnet-lite0".
+"""
+from __future__ import annotations
+
+import abc
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import ImageError, ModelError
+from ..images import flatten_to_rgb, load_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"   # reasoning: docs/readme-models.md
+BACKBONE_NAMES = frozenset({"effnet", "efficientnet-lite0", "effnet:efficientnet-lite0"})
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU (the 2-vCPU Space and this machine)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Embedder(abc.ABC):
+    """Turns images (and, for CLIP, texts) into L2-normalised float32 vectors."""
+
+    name: str          # method prefix: "clip" or "effnet"
+    spec: str          # canonical spec for the manifest; equal specs mean interchangeable vectors
+    source: str        # what to pass back to load_embedder to get this model again on this machine
+    dim: int
+    has_text: bool = False
+    channels_last: bool = False   # convnets run faster on CPU with NHWC tensors
+
+    def __init__(self, model: torch.nn.Module, preprocess: Preprocess,
+                 device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device) if device is not None else pick_device()
+        # Half precision only on GPU: CPU fp16 matmuls are slow or unsupported.
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        model = model.to(device=self.device, dtype=self.dtype)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model.eval()
+        self.preprocess = preprocess
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, dim={self.dim}, device={self.device})"
+
+    # -- what subclasses provide -----------------------------------------------------------
+    @abc.abstractmethod
+    def _image_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) features for a preprocessed batch already on device/dtype."""
+
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        raise ModelError(
+            f"this model ({self.spec}) has no text encoder; text search needs a CLIP model, "
+            f"e.g. --model {DEFAULT_CLIP} (online) or --model ViT-B-32:/path/to/checkpoint.pt"
+        )
+
+    # -- shared behaviour --------------------------------------------------------------------
+    def _prepare(self, img: Image.Image) -> torch.Tensor:
+        return self.preprocess(img if img.mode == "RGB" else flatten_to_rgb(img))
+
+    def _embed(self, batch: torch.Tensor) -> np.ndarray:
+        """One model call on a stacked batch -> normalised float32 rows on the CPU."""
+        with torch.inference_mode():
+            x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            feats = self._image_features(x).float()
+            return F.normalize(feats, dim=-1).cpu().numpy()
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """(n, dim) float32, unit rows. For a few in-memory images (queries); libraries use encode_files."""
+        out = [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            out.append(self._embed(torch.stack([self._prepare(im) for im in chunk])))
+        return np.concatenate(out)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32, unit rows; ModelError for image-only models."""
+        if not self.has_text:
+            self._text_features(texts)   # raises the "no text encoder" ModelError
+        with torch.inference_mode():
+            feats = self._text_features(list(texts)).float()
+            return F.normalize(feats, dim=-1).cpu().numpy()
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        return self._prepare(load_image(path))
+
+    def encode_files(self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 2,
+                     progress: bool = True) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Stream (indices_ok, vectors) batch by batch over image files.
+
+        Decoding + preprocessing run in `workers` threads (PIL and torch release the GIL) while the
+        model works on the previous batch, so at most two batches of pixels are in memory at once:
+        a library larger than RAM is never loaded whole. Files that fail to decode are logged and
+        skipped; their index is missing from indices_ok. workers=0 decodes inline.
+        """
+        paths = list(paths)
+        starts = iter(range(0, len(paths), batch_size))
+        bar = tqdm(total=len(paths), unit="img", desc=f"embedding ({self.name})", disable=not progress)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
+
+        def submit(start: int) -> list[tuple[int, Future | Path]]:
+            idx = range(start, min(start + batch_size, len(paths)))
+            if pool is None:
+                return [(i, paths[i]) for i in idx]
+            return [(i, pool.submit(self._decode, paths[i])) for i in idx]
+
+        try:
+            pending: deque[list[tuple[int, Future | Path]]] = deque()
+            for start in starts:          # keep one batch decoding ahead of the model
+                pending.append(submit(start))
+                if len(pending) == 2:
+                    break
+            while pending:
+                batch = pending.popleft()
+                nxt = next(starts, None)
+                if nxt is not None:
+                    pending.append(submit(nxt))
+                ok: list[int] = []
+                tensors: list[torch.Tensor] = []
+                for i, job in batch:
+                    try:
+                        tensors.append(job.result() if isinstance(job, Future) else self._decode(job))
+                        ok.append(i)
+                    except ImageError as exc:
+                        log.warning("skipping %s", exc)
+                if tensors:
+                    yield ok, self._embed(torch.stack(tensors))
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def load_embedder(spec: str | None = None, device: torch.device | str | None = None) -> Embedder:
+    """Build the embedder a spec names (see the module docstring); ModelError when it cannot."""
+    text = (spec or "auto").strip()
+    if text.lower() == "auto":
+        from .openclip import weights_status
+        available, why = weights_status(DEFAULT_CLIP)
+        if available:
+            log.info("model: default CLIP %s (%s)", DEFAULT_CLIP, why)
+            from .openclip import load_open_clip
+            return load_open_clip(DEFAULT_CLIP, device=device)
+        log.info("model: offline backbone efficientnet-lite0, because the default CLIP %s is "
+                 "unavailable (%s); pass --model to choose", DEFAULT_CLIP, why)
+        text = "effnet"
+    if text.lower() in BACKBONE_NAMES:
+        from .backbone import EffnetEmbedder
+        return EffnetEmbedder(device=device)
+    from .openclip import load_open_clip
+    return load_open_clip(text, device=device)

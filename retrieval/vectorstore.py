@@ -1,0 +1,188 @@
+"""ChromaDB wrapper: one HNSW collection per distance space, embedded or against a Chroma server.
+
+Why a wrapper: every write must be chunked to the client's max batch size, the space of a
+collection is fixed at creation (so each space gets its own collection), embeddings are always
+passed in (embedding_function=None), and chromadb's own errors need turning into messages that say
+what to do. Chroma distances: "cosine" is 1 - cos, "l2" is the *squared* Euclidean distance.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from .errors import IndexError_
+
+log = logging.getLogger(__name__)
+
+SPACES = ("l2", "cosine")
+# HNSW build/search parameters. Measured here on 2000 random unit 512-d vectors (the hardest case
+# for a graph index), recall@10 against exact cosine: Chroma's defaults (M=16, ef_construction=100,
+# ef_search=100) 0.90; M=16 with ef 200/200 0.985; these 0.9995, for ~2x the build time (2.7 s vs
+# 1.3 s for both spaces) - tests/test_vectorstore.py holds the >= 0.99 line. ef_search can be
+# raised later with collection.modify; the others are fixed when a collection is created.
+HNSW = {"max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
+
+
+def _settings():
+    from chromadb.config import Settings
+    return Settings(anonymized_telemetry=False)   # no phone-home from an offline machine or a Space
+
+
+@contextlib.contextmanager
+def _translate(where: str) -> Iterator[None]:
+    """chromadb / transport errors -> IndexError_ with a message that says what to do."""
+    import chromadb.errors
+    try:
+        yield
+    except IndexError_:
+        raise
+    except chromadb.errors.ChromaError as exc:
+        raise IndexError_(f"Chroma ({where}): {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise IndexError_(f"Chroma ({where}): {exc}") from exc
+    except Exception as exc:  # httpx transport errors when a server goes away mid-run
+        if type(exc).__module__.startswith(("httpx", "httpcore")):
+            raise IndexError_(f"the Chroma server ({where}) stopped answering: {exc}; is `chroma run` "
+                              "still up?") from exc
+        raise
+
+
+class VectorStore:
+    """The index's vectors in Chroma: ids are library paths, one collection per space."""
+
+    def __init__(self, client: Any, prefix: str, where: str) -> None:
+        self.client, self.prefix, self.where = client, prefix, where
+        with _translate(where):
+            self.max_batch = int(client.get_max_batch_size())
+            self.collections = {space: self._collection(space) for space in SPACES}
+
+    @classmethod
+    def open(cls, path: Path | None = None, url: str | None = None, prefix: str = "lookalike") -> "VectorStore":
+        """PersistentClient at `path` by default; HttpClient for url="http://HOST:PORT"."""
+        import chromadb
+        if url:
+            parts = urlparse(url if "://" in url else f"http://{url}")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise IndexError_(f"--chroma-url {url!r} is not http://HOST:PORT")
+            port = parts.port or (443 if parts.scheme == "https" else 8000)
+            try:
+                client = chromadb.HttpClient(host=parts.hostname, port=port, ssl=parts.scheme == "https",
+                                             settings=_settings())
+            except Exception as exc:   # chromadb raises ValueError("Could not connect ...")
+                raise IndexError_(f"no Chroma server answers at {url} ({exc}); start one with "
+                                  f"`chroma run --path DIR --host {parts.hostname} --port {port}` "
+                                  "or drop --chroma-url to use the embedded store") from exc
+            return cls(client, prefix, url)
+        if path is None:
+            raise IndexError_("VectorStore.open needs a path (embedded) or a url (server)")
+        path = Path(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            client = chromadb.PersistentClient(path=str(path), settings=_settings())
+        except Exception as exc:
+            io = isinstance(exc, OSError) or "os error" in str(exc)
+            hint = "give a writable directory (not a file) for the index" if io else \
+                "close other Chroma clients on this path (one writer process per path)"
+            raise IndexError_(f"cannot open a Chroma database at {path}: {exc}; {hint}") from exc
+        return cls(client, prefix, str(path))
+
+    def _name(self, space: str) -> str:
+        return f"{self.prefix}-{space}"
+
+    def _collection(self, space: str) -> Any:
+        col = self.client.get_or_create_collection(
+            self._name(space), configuration={"hnsw": {"space": space, **HNSW}}, embedding_function=None)
+        held = ((col.configuration or {}).get("hnsw") or {}).get("space", space)
+        if held != space:
+            raise IndexError_(f"Chroma collection {col.name} uses space {held!r}, not {space!r}; "
+                              "rebuild the index (build_index.py index) to recreate it")
+        return col
+
+    def _chunks(self, n: int) -> Iterator[slice]:
+        for start in range(0, n, self.max_batch):
+            yield slice(start, min(start + self.max_batch, n))
+
+    # -- writes ------------------------------------------------------------------------------
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               metadatas: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Insert or replace rows in every space, at most max_batch rows per call."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(ids) != len(vectors) or (metadatas is not None and len(metadatas) != len(ids)):
+            raise ValueError("upsert: ids, vectors and metadatas differ in length")
+        with _translate(self.where):
+            for col in self.collections.values():
+                for s in self._chunks(len(ids)):
+                    col.upsert(ids=list(ids[s]), embeddings=vectors[s],
+                               metadatas=None if metadatas is None else [dict(m) for m in metadatas[s]])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove rows from every space; unknown ids are ignored."""
+        ids = list(ids)
+        with _translate(self.where):
+            for col in self.collections.values():
+                for s in self._chunks(len(ids)):
+                    col.delete(ids=ids[s])
+
+    def reset(self) -> None:
+        """Drop and recreate this prefix's collections (other prefixes are untouched)."""
+        with _translate(self.where):
+            for space in SPACES:
+                with contextlib.suppress(Exception):
+                    self.client.delete_collection(self._name(space))
+            self.collections = {space: self._collection(space) for space in SPACES}
+
+    # -- reads -------------------------------------------------------------------------------
+    def count(self) -> dict[str, int]:
+        with _translate(self.where):
+            return {space: col.count() for space, col in self.collections.items()}
+
+    def _get_all(self, col: Any, include: list[str]) -> Iterator[tuple[str, Any]]:
+        for offset in range(0, col.count(), self.max_batch):
+            page = col.get(include=include, limit=self.max_batch, offset=offset)
+            metas = page.get("metadatas") or [None] * len(page["ids"])
+            yield from zip(page["ids"], metas)
+
+    def ids(self) -> set[str]:
+        """Every id held in any space."""
+        with _translate(self.where):
+            return {i for col in self.collections.values() for i, _ in self._get_all(col, [])}
+
+    def metadatas(self) -> dict[str, dict[str, Any]]:
+        """id -> metadata. An id missing from some space, or with differing metadata across spaces,
+        maps to {} so that a sync against the manifest rewrites (or deletes) it."""
+        with _translate(self.where):
+            per_space = [dict(self._get_all(col, ["metadatas"])) for col in self.collections.values()]
+        out: dict[str, dict[str, Any]] = {}
+        for i in set().union(*per_space):
+            metas = [held.get(i, "missing") for held in per_space]
+            same = all(m == metas[0] for m in metas) and metas[0] != "missing"
+            out[i] = dict(metas[0] or {}) if same else {}
+        return out
+
+    def query(self, vectors: np.ndarray, k: int, space: str) -> tuple[list[list[str]], np.ndarray]:
+        """k nearest ids per query row by HNSW, and Chroma's distances (q, k) (cosine: 1 - cos;
+        l2: squared). k is capped at the collection size; rows that come back short are padded
+        with +inf distances (their id lists are shorter)."""
+        if space not in self.collections:
+            raise ValueError(f"space must be one of {SPACES}, not {space!r}")
+        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        col = self.collections[space]
+        with _translate(self.where):
+            k = min(int(k), col.count())
+            if k <= 0 or len(queries) == 0:
+                return [[] for _ in queries], np.zeros((len(queries), 0), np.float32)
+            ids: list[list[str]] = []
+            dists: list[list[float]] = []
+            for s in self._chunks(len(queries)):
+                res = col.query(query_embeddings=queries[s], n_results=k, include=["distances"])
+                ids += res["ids"]
+                dists += res["distances"]
+        out = np.full((len(queries), k), np.inf, dtype=np.float32)
+        for row, d in enumerate(dists):
+            out[row, :len(d)] = d
+        return ids, out

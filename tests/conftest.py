@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests never touch the network: the Hub is forced offline."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    """The real offline sample library (Debian packages), built once per test session."""
+    from collect.sample import build_sample_library
+
+    out = tmp_path_factory.mktemp("sample") / "data"
+    build_sample_library(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_pixel_index(sample_data, tmp_path_factory) -> Path:
+    """A pixel-only index of the sample library (no model), built once per session."""
+    from retrieval.indexing import build_index
+
+    index = tmp_path_factory.mktemp("sample-index") / "index"
+    build_index(sample_data, index, model="none")
+    return index
+
+
+def make_tiny_library(root: Path, classes: dict[str, tuple[int, int, int]] | None = None,
+                      n_train: int = 6, n_test: int = 2, seed: int = 0) -> Path:
+    """A small synthetic library: per class a base colour with noise and a white disc."""
+    rng = np.random.default_rng(seed)
+    classes = classes or {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for name, rgb in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = (int(v) for v in rng.integers(60, 160, size=2))
+                base = np.clip(np.array(rgb) + rng.integers(-40, 40, size=3), 0, 255)
+                arr = np.clip(base + rng.integers(-25, 25, size=(h, w, 3)), 0, 255).astype(np.uint8)
+                im = Image.fromarray(arr)
+                ImageDraw.Draw(im).ellipse((10, 10, 40, 40), fill=(255, 255, 255))
+                im.save(folder / f"{split}_{i}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture
+def tiny_library(tmp_path) -> Path:
+    return make_tiny_library(tmp_path / "data")

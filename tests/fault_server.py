@@ -1,0 +1,174 @@
+"""A local image host with fault routes, for the downloader's tests.
+
+``FaultServer(host)`` is a context manager: a threaded HTTP server on `host` (127.0.0.1 by default;
+127.0.0.2 gives a second "host" for the politeness test) at a free port, stopped when the block
+ends. Every request is logged with its server-side arrival time, so tests can count hits and
+measure spacing. Replies reuse `flickr_standin.Reply` / `send_reply`.
+
+Routes (all GET):
+- ``/img/<anything>``        a real JPEG, distinct per path
+- ``/png/<anything>``        a real RGBA PNG, ``image/png``
+- ``/404.jpg``               404
+- ``/flaky.jpg``             500 on the first request, then a JPEG
+- ``/ratelimit.jpg``         429 with ``Retry-After: 1`` on the first request, then a JPEG
+- ``/slow.jpg``              answers after `slow_s` seconds (past the client's read timeout)
+- ``/page.jpg``              200 ``text/html``
+- ``/garbage.jpg``           200 ``image/jpeg`` whose bytes are not an image
+- ``/truncated.jpg``         announces the full JPEG length, sends half, closes the connection
+- ``/huge-declared.jpg``     ``Content-Length`` of 50 MB (refusable before reading)
+- ``/huge.jpg``              no Content-Length; streams `huge_bytes`; ``huge_sent`` records how
+                             much was written before the client hung up
+- ``/redirect-file.jpg``     302 to ``file:///etc/passwd``
+- ``/redirect-ftp.jpg``      302 to ``ftp://127.0.0.1/x.jpg``
+- ``/redirect-ok.jpg``       302 (relative) to ``/img/redirected.jpg``
+- ``/redirect-loop.jpg``     302 to itself
+- any path whose percent-decoded basename ends in ``evil.jpg``: a JPEG (the path-escape case)
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Sequence
+from urllib.parse import unquote, urlsplit
+
+from flickr_standin import Reply, make_jpeg, send_reply
+
+Route = Reply | Sequence[Reply] | Callable[[BaseHTTPRequestHandler], None]
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str       # raw request target, as sent
+    time: float     # time.monotonic() on arrival (same clock as the test process)
+
+
+def _png(seed: str) -> bytes:
+    import io
+
+    from PIL import Image
+    img = Image.new("RGBA", (80, 60), (len(seed) * 7 % 256, 90, 200, 128))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+class FaultServer:
+    """See the module docstring. Use as ``with FaultServer() as srv: srv.url('/404.jpg')``."""
+
+    def __init__(self, host: str = "127.0.0.1", *, slow_s: float = 3.0, huge_bytes: int = 64 * 2 ** 20) -> None:
+        self.host, self.slow_s, self.huge_bytes = host, slow_s, huge_bytes
+        self.huge_sent: int | None = None
+        self.log: list[Hit] = []
+        self._lock = threading.Lock()
+        self._served: dict[str, int] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        jpeg = make_jpeg("truncated", (200, 150))
+        self.routes: dict[str, Route] = {
+            "/404.jpg": Reply(404, b"not found", "text/plain"),
+            "/flaky.jpg": [Reply(500, b"oops", "text/plain"), Reply(200, make_jpeg("flaky"))],
+            "/ratelimit.jpg": [Reply(429, b"slow down", "text/plain", {"Retry-After": "1"}),
+                               Reply(200, make_jpeg("ratelimit"))],
+            "/slow.jpg": Reply(200, make_jpeg("slow"), delay=slow_s),
+            "/page.jpg": Reply(200, b"<html>not a photo</html>", "text/html; charset=utf-8"),
+            "/garbage.jpg": Reply(200, b"\xff\xd8 this is not really a jpeg" * 20),
+            "/truncated.jpg": Reply(200, jpeg, truncate_to=len(jpeg) // 2),
+            "/huge-declared.jpg": self._declare_huge,
+            "/huge.jpg": self._stream_huge,
+            "/redirect-file.jpg": Reply(302, b"", "text/plain", {"Location": "file:///etc/passwd"}),
+            "/redirect-ftp.jpg": Reply(302, b"", "text/plain", {"Location": f"ftp://{host}/x.jpg"}),
+            "/redirect-ok.jpg": Reply(302, b"", "text/plain", {"Location": "/img/redirected.jpg"}),
+            "/redirect-loop.jpg": Reply(302, b"", "text/plain", {"Location": "/redirect-loop.jpg"}),
+        }
+
+    # ---- lifecycle
+    def __enter__(self) -> "FaultServer":
+        server_ref = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                server_ref._handle(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, 0), _Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"fault-{self.host}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "use FaultServer as a context manager"
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    # ---- for assertions
+    def hits(self, path: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for h in self.log if path is None or urlsplit(h.path).path == path)
+
+    def arrivals(self) -> list[float]:
+        with self._lock:
+            return sorted(h.time for h in self.log)
+
+    # ---- dispatch
+    def _handle(self, req: BaseHTTPRequestHandler) -> None:
+        path = urlsplit(req.path).path
+        with self._lock:
+            self.log.append(Hit(req.path, time.monotonic()))
+            nth = self._served.get(path, 0)
+            self._served[path] = nth + 1
+        route = self.routes.get(path)
+        if route is None:
+            if path.startswith("/img/") or unquote(path).endswith("evil.jpg"):
+                route = Reply(200, make_jpeg(path))
+            elif path.startswith("/png/"):
+                route = Reply(200, _png(path), "image/png")
+            else:
+                route = Reply(404, b"no such route", "text/plain")
+        if callable(route):
+            route(req)
+        elif isinstance(route, Reply):
+            send_reply(req, route)
+        else:
+            send_reply(req, route[min(nth, len(route) - 1)])
+
+    def _stream_huge(self, req: BaseHTTPRequestHandler) -> None:
+        """A close-delimited body (no Content-Length) far over any sane cap."""
+        req.send_response(200)
+        req.send_header("Content-Type", "image/jpeg")
+        req.end_headers()
+        chunk, sent = b"\0" * 65536, 0
+        try:
+            while sent < self.huge_bytes:
+                req.wfile.write(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.huge_sent = sent
+            req.close_connection = True
+
+    def _declare_huge(self, req: BaseHTTPRequestHandler) -> None:
+        """Announces 50 MB, sends a little, then closes: a client that checks the header never reads."""
+        req.send_response(200)
+        req.send_header("Content-Type", "image/jpeg")
+        req.send_header("Content-Length", str(50 * 10 ** 6))
+        req.end_headers()
+        try:
+            req.wfile.write(b"\0" * 1024)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        req.close_connection = True
