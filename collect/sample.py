@@ -452,8 +452,9 @@ def build_sample_library(
 ) -> dict:
     """Build (or bring up to date) the sample library under `out`; return a summary dict.
 
-    Reruns reuse the images already there when the encoding settings match, move images whose split
-    changed (another seed) instead of re-encoding them, and delete images no longer planned.
+    Reruns reuse the images already there when the encoding settings and the source picture match,
+    move images whose split changed (another seed) instead of re-encoding them, and delete images
+    no longer planned.
     """
     if not 0.0 < test_fraction < 1.0:
         raise LibraryError(f"--test-fraction must be between 0 and 1 (got {test_fraction})")
@@ -480,6 +481,11 @@ def build_sample_library(
         except (OSError, ValueError):
             continue
     reuse = previous == params
+    try:  # what each existing image was made from, so an upgraded package's new pictures are re-made
+        made_from = {Path(r["file"]).name: r["original_sha256"]
+                     for r in json.loads((out / "ATTRIBUTION.json").read_text(encoding="utf-8"))}
+    except (OSError, ValueError, KeyError, TypeError):
+        made_from = {}
     if existing and not reuse:
         log.info("encoding settings changed (or unknown); re-encoding every image")
     # Mark the run as unfinished before touching anything: sample.json only comes back at the end.
@@ -493,9 +499,11 @@ def build_sample_library(
         dest = out / split_of[cand.name] / cand.cls / f"{cand.name}.jpg"
         planned.add(dest)
         old = existing.get(dest.name)
-        if reuse and old is not None and old == dest:
+        if old is not None and (not reuse or made_from.get(dest.name, cand.digest) != cand.digest):
+            old = None
+        if old is not None and old == dest:
             reused += 1
-        elif reuse and old is not None:
+        elif old is not None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(old, dest)
             moved += 1

@@ -1,6 +1,6 @@
 """The offline sample library built from the Debian packages gcompris-qt-data and tuxpaint-stamps-default.
 
-The full build runs once per module (a few seconds); the rerun tests work on copies of it.
+The full build runs once per session (tests/conftest.py); the rerun tests work on copies of it.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def _hashes(out: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("sample") / "data"
-    return out, build_sample_library(out, seed=0, workers=2)
+def built(sample_data: Path) -> tuple[Path, dict]:
+    """The session's sample library (tests/conftest.py builds it once) and its sample.json summary."""
+    return sample_data, json.loads((sample_data / "sample.json").read_text(encoding="utf-8"))
 
 
 @needs_packages
@@ -108,6 +108,15 @@ def test_rerun_is_idempotent_and_resumes(built: tuple[Path, dict], tmp_path: Pat
     before = _hashes(out)
     again = build_sample_library(out, seed=0, workers=2)
     assert (again["encoded"], again["removed"]) == (0, 0)
+    assert _hashes(out) == before
+
+    # A picture that changed upstream (another package version) is made again; the rest is kept.
+    attribution = out / "ATTRIBUTION.json"
+    records = json.loads(attribution.read_text(encoding="utf-8"))
+    records[7]["original_sha256"] = "0" * 64
+    attribution.write_text(json.dumps(records), encoding="utf-8")
+    refreshed = build_sample_library(out, seed=0, workers=2)
+    assert (refreshed["encoded"], refreshed["reused"]) == (1, len(records) - 1)
     assert _hashes(out) == before
 
     # An interrupted run (Ctrl-C after a few images) is detectable: no sample.json, a partial marker.
