@@ -1,11 +1,12 @@
 """Polite, safe, resumable image downloader: urls.json -> raw/<category>/<term>/<sha1>.<ext>.
 
 Why each rule is here:
-- Politeness is a per-host rate limit shared by all worker threads (`HostRateLimiter`): a request to
-  a host starts at least `delay` seconds after the previous one to that host started, whichever
-  thread sends it, while other hosts proceed in parallel. The key is the host name without the port
-  (one server, one budget). Retries and redirect hops go through the same limiter, and a 429's
-  Retry-After (or a 5xx backoff) pushes the whole host back, not just one thread.
+- Politeness is a per-host rate limit shared by all worker threads (`HostRateLimiter`): one
+  request in flight per host, and the next starts at least `delay` seconds after the previous
+  one's response headers came back, whichever thread sends it, while other hosts proceed in
+  parallel. The key is the host name without the port (one server, one budget). Retries and
+  redirect hops go through the same limiter, and a 429's Retry-After (or a 5xx backoff) rests the
+  whole host, not just one thread.
 - One GET per image, streamed, no HEAD probe. Redirects are followed by hand (at most
   `max_redirects` hops) so that every hop's scheme is checked: only http and https are fetched.
 - The body must be `image/*`, under `max_bytes` (streaming stops as soon as it is exceeded) and must
@@ -28,11 +29,12 @@ import time
 import unicodedata
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -79,7 +81,7 @@ class DownloadConfig:
     """Knobs of one download run; the defaults are polite to a public image host."""
 
     workers: int = 4
-    delay: float = 1.0              # seconds between request starts to one host
+    delay: float = 1.0              # per host: seconds from one response's headers to the next request
     connect_timeout: float = 10.0
     read_timeout: float = 20.0      # longest silence while waiting for bytes
     total_timeout: float = 120.0    # longest a whole body may take to arrive
@@ -117,31 +119,46 @@ class DownloadReport:
 
 
 class HostRateLimiter:
-    """Per-host rate limit: request starts to one host are at least `delay` seconds apart.
+    """Per-host politeness: one request in flight per host, and the next one starts at least
+    `delay` seconds after the previous one's response headers arrived.
 
-    Each caller reserves the host's next free slot under a lock, then sleeps outside the lock, so
-    threads waiting on one host never hold up threads bound for another.
+    A per-host next-allowed time and busy flag under one lock (a Condition): a thread bound for a
+    busy or resting host waits on the condition, so threads bound for other hosts go ahead. Timing
+    from the previous *response* (not the previous start) makes the spacing hold as the server
+    sees it: request k+1 cannot reach it less than `delay` after request k did.
     """
 
-    def __init__(self, delay: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, delay: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.delay = max(0.0, delay)
-        self._clock, self._sleep = clock, sleep
+        self._clock = clock
         self._next: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._cond = threading.Condition()
 
-    def wait(self, host: str) -> None:
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next.get(host, now))
-            self._next[host] = start + self.delay
-        if start > now:
-            self._sleep(start - now)
+    @contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        """Hold the host's slot for the duration of the block (send the request, get the headers)."""
+        with self._cond:
+            while True:
+                now = self._clock()
+                ready_at = self._next.get(host, now)
+                if host not in self._busy and now >= ready_at:
+                    self._busy.add(host)
+                    break
+                self._cond.wait(None if host in self._busy else ready_at - now)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy.discard(host)
+                self._next[host] = max(self._next.get(host, 0.0), self._clock() + self.delay)
+                self._cond.notify_all()
 
     def defer(self, host: str, seconds: float) -> None:
-        """Push the host's next slot to at least `seconds` from now (Retry-After, backoff)."""
-        with self._lock:
+        """Rest the host for at least `seconds` from now (Retry-After, backoff after a 5xx)."""
+        with self._cond:
             self._next[host] = max(self._next.get(host, 0.0), self._clock() + seconds)
+            self._cond.notify_all()
 
 
 def host_key(url: str) -> str:
@@ -283,11 +300,11 @@ class Downloader:
             if retry_in is None or attempt == cfg.retries:
                 return outcome, body, ctype
             log.debug("%s: %s, retrying in %.1fs", url, outcome.status, retry_in)
-            self.limiter.defer(host_key(url), retry_in)
         return outcome, None, ""
 
     def _attempt(self, url: str, attempt: int) -> tuple[Outcome, bytes | None, str, float | None]:
-        """One try, following redirects by hand. The last value is the wait before a retry, or None."""
+        """One try, following redirects by hand. The last value is the wait before a retry, or None;
+        when there is one, the host that asked for it is rested that long (every thread waits)."""
         cfg = self.config
         current = url
         for _hop in range(cfg.max_redirects + 1):
@@ -296,13 +313,15 @@ class Downloader:
                 return Outcome("bad_scheme", f"scheme {parts.scheme or '(none)'!r} in {current[:200]}"), None, "", None
             if not parts.hostname:
                 return Outcome("bad_url", f"no host in {current[:200]}"), None, "", None
-            self.limiter.wait(parts.hostname.lower())
+            host = parts.hostname.lower()
             try:
-                resp = self._session().get(current, stream=True, allow_redirects=False,
-                                           timeout=(cfg.connect_timeout, cfg.read_timeout))
+                with self.limiter.slot(host):
+                    resp = self._session().get(current, stream=True, allow_redirects=False,
+                                               timeout=(cfg.connect_timeout, cfg.read_timeout))
             except requests.Timeout as exc:
                 return Outcome("timeout", str(exc)[:200]), None, "", None
             except requests.ConnectionError as exc:
+                self.limiter.defer(host, self._backoff(attempt))
                 return Outcome("connection_error", str(exc)[:200]), None, "", self._backoff(attempt)
             except requests.RequestException as exc:  # InvalidURL, InvalidSchema, ...
                 return Outcome("bad_url", str(exc)[:200]), None, "", None
@@ -313,7 +332,10 @@ class Downloader:
                         return Outcome(f"http_{resp.status_code}", "redirect without Location"), None, "", None
                     current = urljoin(current, location)
                     continue
-                return self._read(resp, attempt)
+                result = self._read(resp, attempt)
+            if result[3] is not None:
+                self.limiter.defer(host, result[3])
+            return result
         return Outcome("too_many_redirects", f"more than {cfg.max_redirects} redirects"), None, "", None
 
     def _backoff(self, attempt: int) -> float:

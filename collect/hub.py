@@ -197,7 +197,7 @@ def dataset_card(dd, repo_id: str, *, attribution: tuple[Counter, Counter] | Non
                      "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in dd]}],
         "dataset_info": {
             "features": [{"name": "image", "dtype": "image"},
-                         {"name": "label", "dtype": {"class_label": {"names": {i: c for i, c in enumerate(classes)}}}},
+                         {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(classes)}}}},
                          {"name": "file", "dtype": "string"}],
             "splits": [{"name": s, "num_examples": len(ds)} for s, ds in dd.items()],
         },
@@ -270,7 +270,8 @@ def read_hub_folder(folder: Path):
         raise LibraryError(f"{folder} has no data/<split>-NNNNN-of-NNNNN.parquet files: not a dataset pushed "
                            "by `build_index.py push` or `push_to_hub`")
     out = datasets.DatasetDict()
-    for split, paths in shards.items():
+    for split in sorted(shards, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s)):
+        paths = shards[split]
         table = pa.concat_tables([pq.read_table(p) for p in paths])
         features = datasets.Features.from_arrow_schema(table.schema)
         out[split] = datasets.Dataset(table, info=datasets.DatasetInfo(features=features))

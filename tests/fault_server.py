@@ -3,7 +3,7 @@
 ``FaultServer(host)`` is a context manager: a threaded HTTP server on `host` (127.0.0.1 by default;
 127.0.0.2 gives a second "host" for the politeness test) at a free port, stopped when the block
 ends. Every request is logged with its server-side arrival time, so tests can count hits and
-measure spacing. Replies reuse `flickr_standin.Reply` / `send_reply`.
+measure spacing. Replies reuse `flickr_standin.Reply` / `answer_route`.
 
 Routes (all GET):
 - ``/img/<anything>``        a real JPEG, distinct per path
@@ -26,16 +26,17 @@ Routes (all GET):
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Sequence
 from urllib.parse import unquote, urlsplit
 
-from flickr_standin import Reply, make_jpeg, send_reply
+from PIL import Image
 
-Route = Reply | Sequence[Reply] | Callable[[BaseHTTPRequestHandler], None]
+from flickr_standin import Reply, Route, answer_route, make_jpeg
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,10 @@ class Hit:
 
 
 def _png(seed: str) -> bytes:
-    import io
-
-    from PIL import Image
-    img = Image.new("RGBA", (80, 60), (len(seed) * 7 % 256, 90, 200, 128))
+    """A half-transparent RGBA PNG whose colour depends on `seed` (distinct content hashes)."""
+    r, g, b = hashlib.sha1(seed.encode()).digest()[:3]
     buf = io.BytesIO()
-    img.save(buf, "PNG")
+    Image.new("RGBA", (80, 60), (r, g, b, 128)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -138,12 +137,7 @@ class FaultServer:
                 route = Reply(200, _png(path), "image/png")
             else:
                 route = Reply(404, b"no such route", "text/plain")
-        if callable(route):
-            route(req)
-        elif isinstance(route, Reply):
-            send_reply(req, route)
-        else:
-            send_reply(req, route[min(nth, len(route) - 1)])
+        answer_route(req, route, nth)
 
     def _stream_huge(self, req: BaseHTTPRequestHandler) -> None:
         """A close-delimited body (no Content-Length) far over any sane cap."""
