@@ -133,11 +133,10 @@ class Embedder(abc.ABC):
 
         try:
             pending: deque[list[tuple[int, Future | Path]]] = deque()
-            for start in starts:          # keep one batch decoding ahead of the model
-                pending.append(submit(start))
-                if len(pending) == 2:
-                    break
-            while pending:
+            first = next(starts, None)
+            if first is not None:
+                pending.append(submit(first))
+            while pending:   # the next batch decodes while the model works on this one
                 batch = pending.popleft()
                 nxt = next(starts, None)
                 if nxt is not None:
