@@ -1,0 +1,156 @@
+"""End-to-end latency of the app through gradio_client, and its start-up time on a built index.
+
+Starts the real `python app.py --index INDEX` in a subprocess, times how long until it answers
+HTTP (start-up), then sends test-split queries to /search_pixel and /search_deep from 1 and from 8
+concurrent clients (one gradio_client.Client per thread). A call is timed from predict() to its
+return: upload, queue, search, and (column "images") the download of the k result images, one
+after another, as gradio_client does by default; "urls" is Client(download_files=False), the
+answer a browser gets before it fetches the thumbnails in parallel. gradio_client itself polls its
+message queue every 50 ms, so part of every figure is the client's. The baseline, measured in this
+process, is the same query straight through LookalikeIndex.search (no HTTP), so the ratio is what
+the web layer costs. The clients run on the same machine as the server and share its CPUs.
+
+    python bench/app_latency.py [--data data] [--index DIR] [--queries 40] [--clients 1 8]
+Targets: pixel median < 300 ms; no errors with 8 clients; start-up < 15 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from common import ROOT, machine_info, median_ms, p95_ms, sample_library, timed
+
+from retrieval.library import scan_split
+from retrieval.search import LookalikeIndex
+
+ENDPOINTS = {"pixel": ("/search_pixel", "l1", "pixel-l1"), "deep": ("/search_deep", None, None)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(index: Path, port: int, timeout_s: float = 120) -> tuple[subprocess.Popen, float]:
+    """Run app.py; return (process, seconds until GET / answers 200)."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--index", str(index), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    while time.perf_counter() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise SystemExit(f"app.py exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"app.py did not answer within {timeout_s} s")
+
+
+def run_clients(url: str, api: str, arg: str, queries: list[Path], n_clients: int,
+                per_client: int, download: bool) -> tuple[list[float], list[str], float]:
+    """Latencies (s), error messages and wall seconds for n_clients threads x per_client calls."""
+    from gradio_client import Client, handle_file
+    clients = [Client(url, verbose=False, download_files=download) for _ in range(n_clients)]
+
+    def work(c: int) -> tuple[list[float], list[str]]:
+        times, errors = [], []
+        for i in range(per_client):
+            q = queries[(c * per_client + i) % len(queries)]
+            t0 = time.perf_counter()
+            try:
+                clients[c].predict(handle_file(str(q)), arg, 5, api_name=api)
+                times.append(time.perf_counter() - t0)
+            except Exception as exc:  # counted and reported, never hidden
+                errors.append(f"{type(exc).__name__}: {exc}")
+        return times, errors
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n_clients) as pool:
+        results = list(pool.map(work, range(n_clients)))
+    wall = time.perf_counter() - t0
+    return [t for ts, _ in results for t in ts], [e for _, es in results for e in es], wall
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="library (default: data/, the sample library, built if missing)")
+    p.add_argument("--index", type=Path, default=None, help="a built index (default: build an effnet index in a temp dir)")
+    p.add_argument("--queries", type=int, default=40, help="queries per (method, clients) setting (default 40)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    args = p.parse_args()
+
+    data = sample_library(args.data)
+    tmp = tempfile.TemporaryDirectory(prefix="lookalike-bench-")
+    index_dir = args.index
+    if index_dir is None:
+        from retrieval.indexing import build_index
+        index_dir = Path(tmp.name) / "index"
+        t0 = time.perf_counter()
+        build_index(data, index_dir, model="effnet")
+        print(f"built an effnet index of {data} in {time.perf_counter() - t0:.1f} s")
+    index = LookalikeIndex.open(index_dir, data_dir=Path(data))
+    deep = f"{index.manifest.embedder['name']}-cosine" if index.manifest.embedder else None
+    ENDPOINTS["deep"] = ("/search_deep", deep, deep)
+    queries = [it.path(Path(data)) for it in scan_split(Path(data), "test")]
+    print(f"# app latency: {machine_info()}")
+    print(f"# library {len(index.paths)} images, {len(queries)} test queries, k=5, index {index_dir}")
+
+    port = free_port()
+    proc, startup = start_app(index_dir, port)
+    url = f"http://127.0.0.1:{port}/"
+    print(f"start-up (python app.py until HTTP 200): {startup:.2f} s  [target < 15 s]")
+    rows = []
+    try:
+        from gradio_client import Client, handle_file
+        if deep:
+            t0 = time.perf_counter()
+            Client(url, verbose=False).predict(handle_file(str(queries[0])), deep, 5, api_name="/search_deep")
+            print(f"first deep query (loads the model): {time.perf_counter() - t0:.2f} s")
+        for kind, (api, arg, method) in ENDPOINTS.items():
+            if method is None:
+                continue
+            base = timed(lambda: [index.search(q, method, 5) for q in queries[:10]], repeat=3)
+            base_ms = median_ms(base) / 10
+            for n in args.clients:
+                for download in (True, False):
+                    times, errors, wall = run_clients(url, api, arg, queries, n, max(1, args.queries // n), download)
+                    med, p95 = (median_ms(times), p95_ms(times)) if times else (float("nan"),) * 2
+                    rows.append((kind, method, n, "images" if download else "urls", med, p95, len(times) / wall,
+                                 len(errors), base_ms))
+                    for e in sorted(set(errors))[:3]:
+                        print(f"  error ({kind}, {n} clients): {e}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        tmp.cleanup()
+
+    print("\n| search | method | clients | client gets | median ms | p95 ms | queries/s | errors | "
+          "in-process ms | median / in-process |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind, method, n, mode, med, p95, qps, errs, base_ms in rows:
+        print(f"| {kind} | {method} | {n} | {mode} | {med:.0f} | {p95:.0f} | {qps:.1f} | {errs} | {base_ms:.1f} | "
+              f"{med / base_ms:.1f}x |")
+    single = [r[4] for r in rows if r[0] == "pixel" and r[2] == 1 and r[3] == "images"]
+    ok = all(m < 300 for m in single) and not any(r[7] for r in rows) and startup < 15
+    print(f"\ntargets (pixel median < 300 ms with 1 client, no errors with 8, start-up < 15 s): "
+          f"{'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

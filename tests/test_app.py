@@ -1,0 +1,349 @@
+"""The Gradio app through its HTTP API (gradio_client), as a user's script or the browser sees it.
+
+Apps are launched on 127.0.0.1 with prevent_thread_lock=True and closed in teardown. The deep
+tests run on the real offline backbone (efficientnet-lite0) over the real sample library.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import requests
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from retrieval.app_start import HUB_ENV, locate_index
+from retrieval.app_ui import build_demo, explain_winner, query_source, serve
+from retrieval.errors import ImageError, IndexError_
+from retrieval.indexing import build_index
+from retrieval.library import file_sha256, scan_split
+from retrieval.metrics import METRICS
+from retrieval.search import LookalikeIndex
+
+from conftest import make_tiny_library
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sample_effnet_index(sample_data, tmp_path_factory) -> Path:
+    """The sample library indexed with the offline backbone (embeddings, Chroma, evaluation.json)."""
+    index = tmp_path_factory.mktemp("sample-effnet") / "index"
+    build_index(sample_data, index, model="effnet")
+    return index
+
+
+def _launch(index_dir: Path):
+    index = LookalikeIndex.open(index_dir)
+    demo, url = serve(index)
+    return demo, SimpleNamespace(index=index, url=url, client=Client(url, verbose=False))
+
+
+@pytest.fixture(scope="module")
+def app(sample_effnet_index):
+    demo, app = _launch(sample_effnet_index)
+    yield app
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def queries(sample_data) -> list[tuple[Path, str]]:
+    return [(it.path(sample_data), it.label) for it in scan_split(sample_data, "test")]
+
+
+def _endpoints(client: Client) -> set[str]:
+    return set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+
+
+def _ok(app, path: Path, k: int = 5):
+    return app.client.predict(handle_file(str(path)), "l1", k, api_name="/search_pixel")
+
+
+# -- endpoints and results ----------------------------------------------------------------------
+
+def test_endpoints_and_tabs(app):
+    assert _endpoints(app.client) == {"/search_pixel", "/search_deep"}
+    config = requests.get(app.url + "config", timeout=10).text
+    assert "has no text encoder" in config           # the Text tab explains why it is absent
+    assert "effnet-corr" in config and "wins with mAP" in config   # the evaluation table and winner
+    assert "CC0-1.0" in config and "gcompris-qt-data" in config    # About: sources and licences
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_pixel_scores_in_order_and_match_the_index(app, queries, metric):
+    path, _ = queries[0]
+    gallery, status, rows = app.client.predict(handle_file(str(path)), metric, 12, api_name="/search_pixel")
+    scores = [r["score"] for r in rows]
+    assert len(gallery) == len(rows) == 12
+    assert scores == sorted(scores, reverse=METRICS[metric].higher_is_better)
+    hits, _ = app.index.search(path, f"pixel-{metric}", 12)
+    assert [r["file"] for r in rows] == [h.rel for h in hits]
+    assert np.allclose(scores, [h.score for h in hits])
+    assert gallery[0]["caption"].startswith(f"#1 {hits[0].label} ")
+    assert Image.open(gallery[0]["image"]).size == Image.open(hits[0].path).size   # the library file itself
+    assert f"pixel-{metric}" in status and " ms" in status and METRICS[metric].order in status
+
+
+def test_deep_search_finds_the_same_class(app, queries, capsys):
+    """Every test image as a query through /search_deep: a same-class image in the top 5?"""
+    found = []
+    for path, label in queries:
+        _, _, rows = app.client.predict(handle_file(str(path)), "effnet-cosine", 5, api_name="/search_deep")
+        found.append(any(r["class"] == label for r in rows))
+    fraction = sum(found) / len(found)
+    with capsys.disabled():
+        print(f"\n[app] effnet-cosine: same-class image in the top 5 for {sum(found)}/{len(found)} "
+              f"test queries ({fraction:.2f})")
+    assert fraction > 0.5
+
+
+def test_every_deep_method_and_hnsw_agrees_with_exact(app, queries):
+    path, _ = queries[1]
+    results = {}
+    for method in [m for m in app.index.methods if not m.startswith("pixel-")]:
+        gallery, status, rows = app.client.predict(handle_file(str(path)), method, 10, api_name="/search_deep")
+        assert len(gallery) == 10 and method in status
+        scores = [r["score"] for r in rows]
+        assert scores == sorted(scores, reverse=app.index.parse_method(method).higher_is_better)
+        results[method] = [r["file"] for r in rows]
+    assert results["effnet-hnsw-cosine"] == results["effnet-cosine"]
+    assert results["effnet-hnsw-l2"] == results["effnet-l2"]
+
+
+def test_a_library_image_is_not_its_own_result(app, sample_data):
+    item = scan_split(sample_data, "train")[0]
+    _, _, rows = _ok(app, item.path(sample_data), k=5)
+    assert item.rel not in [r["file"] for r in rows]
+
+
+def test_concurrent_clients_get_answers(app, queries):
+    def one(i: int):
+        path, _ = queries[i % len(queries)]
+        client = Client(app.url, verbose=False)
+        pix = client.predict(handle_file(str(path)), "corr", 5, api_name="/search_pixel")[2]
+        deep = client.predict(handle_file(str(path)), "effnet-cosine", 5, api_name="/search_deep")[2]
+        return len(pix), len(deep)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(8))) == [(5, 5)] * 8
+
+
+# -- bad input: an error message, and the app keeps serving --------------------------------------
+
+def _huge_png(path: Path, side: int = 30000) -> Path:
+    """A valid PNG header declaring side x side pixels, with almost no data (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("case,message", [
+    ("text", "not an image"), ("empty", "empty"), ("huge", "too large|decompression bomb"),
+    ("truncated", "corrupt or truncated"), ("none", "no query image"),
+])
+def test_bad_uploads_are_errors_not_crashes(app, queries, tmp_path, case, message):
+    bad = tmp_path / "photo.jpg"
+    if case == "text":
+        bad.write_text("this is a text file renamed to .jpg\n")
+    elif case == "empty":
+        bad.write_bytes(b"")
+    elif case == "huge":
+        bad = _huge_png(tmp_path / "huge.png")
+    elif case == "truncated":
+        bad.write_bytes(queries[0][0].read_bytes()[:400])
+    arg = None if case == "none" else handle_file(str(bad))
+    for api, method in (("/search_pixel", "l1"), ("/search_deep", "effnet-cosine")):
+        with pytest.raises(AppError, match=message):
+            app.client.predict(arg, method, 5, api_name=api)
+    assert len(_ok(app, queries[0][0])[0]) == 5      # still serving
+
+
+@pytest.mark.parametrize("k", [0, 101, 2.5])
+def test_bad_k_and_method(app, queries, k):
+    with pytest.raises(AppError, match="k must be a whole number from 1 to 100"):
+        app.client.predict(handle_file(str(queries[0][0])), "l1", k, api_name="/search_pixel")
+    with pytest.raises(AppError):
+        app.client.predict(handle_file(str(queries[0][0])), "pixel-l1", 5, api_name="/search_deep")
+    assert len(_ok(app, queries[0][0])[0]) == 5
+
+
+def test_upload_size_is_capped_by_the_server(app, queries):
+    def upload(extra: int) -> int:
+        body = queries[0][0].read_bytes() + b"\0" * extra
+        return requests.post(f"{app.url}gradio_api/upload", files={"files": ("q.jpg", body, "image/jpeg")},
+                             timeout=60).status_code
+
+    assert upload(33 * 2**20) == 413
+    assert upload(0) == 200
+    assert len(_ok(app, queries[0][0])[0]) == 5
+
+
+def test_only_the_library_and_index_are_served(app, sample_data):
+    def get(path: str) -> int:
+        return requests.get(f"{app.url}gradio_api/file={path}", timeout=10).status_code
+
+    assert get("/etc/passwd") == 403
+    assert get(str(ROOT / "app.py")) == 403
+    assert get(f"{sample_data}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd") == 403   # traversal
+    assert get(str(app.index.paths[0])) == 200
+    assert get(str(app.index.index_dir / "manifest.json")) == 200
+
+
+# -- other kinds of index ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_index(tmp_path_factory) -> Path:
+    """A tiny library indexed with an open_clip checkpoint written here (random weights: no CLIP
+    weights can be fetched offline), loaded through the same --model MODEL:CHECKPOINT path users use."""
+    import open_clip
+    import torch
+    root = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("ViT-S-32", pretrained=None).state_dict(), root / "vit-s-32.pt")
+    index = root / "index"
+    build_index(make_tiny_library(root / "data"), index, model=f"ViT-S-32:{root / 'vit-s-32.pt'}")
+    return index
+
+
+def test_text_search_endpoint_with_a_clip_index(clip_index):
+    demo, app = _launch(clip_index)
+    try:
+        assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/search_text"}
+        gallery, status, exact = app.client.predict("a red square", "clip-cosine", 4, api_name="/search_text")
+        scores = [r["score"] for r in exact]
+        assert len(gallery) == 4 and scores == sorted(scores, reverse=True) and "clip-cosine" in status
+        _, _, approx = app.client.predict("a red square", "clip-hnsw-cosine", 4, api_name="/search_text")
+        assert [r["file"] for r in approx] == [r["file"] for r in exact]
+        for prompt, message in (("   ", "the text prompt is empty"), ("x" * 301, "the limit is 300")):
+            with pytest.raises(AppError, match=message):
+                app.client.predict(prompt, "clip-cosine", 4, api_name="/search_text")
+        assert len(app.client.predict("a green square", "clip-l2", 3, api_name="/search_text")[0]) == 3
+    finally:
+        demo.close()
+
+
+def test_pixel_only_index_explains_the_missing_tabs(sample_pixel_index):
+    demo = build_demo(LookalikeIndex.open(sample_pixel_index))
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_name and not fn.api_name.startswith("load_example")}
+    assert names == {"search_pixel"}
+    text = json.dumps(demo.get_config_file())
+    assert "pixels only, so there is no deep search" in text and "--model effnet" in text
+    assert "has no text encoder" in text
+
+
+# -- handlers and static content ------------------------------------------------------------------
+
+def test_query_source_payloads(tmp_path):
+    assert query_source({"path": "/tmp/x.jpg", "url": None}) == "/tmp/x.jpg"
+    assert query_source({"path": None, "url": "data:image/png;base64,aGVsbG8="}) == b"hello"
+    for empty in (None, {}, {"path": None, "url": None}, ""):
+        with pytest.raises(ImageError, match="no query image"):
+            query_source(empty)
+    with pytest.raises(ImageError, match="not valid base64"):
+        query_source({"path": None, "url": "data:image/png;base64,@@@"})
+
+
+def test_winner_explanation():
+    chance = {"p@1": 0.1, "p@5": 0.1, "p@10": 0.1, "map": 0.1}
+    row = lambda m: {"p@1": m, "p@5": m, "p@10": m, "map": m}  # noqa: E731
+    deep = {"chance": chance, "pixel_size": 32, "model": "effnet:efficientnet-lite0",
+            "methods": {"pixel-l1": row(0.2), "effnet-cosine": row(0.5), "effnet-hnsw-cosine": row(0.5)}}
+    text = explain_winner(deep)
+    assert text.startswith("**effnet-cosine** wins with mAP 0.500 (5.0× chance")
+    assert "2.5× better" in text and "32×32" in text and "effnet-hnsw-cosine" in text
+    pixel = {"chance": chance, "pixel_size": 32, "methods": {"pixel-l1": row(0.2), "pixel-corr": row(0.3)}}
+    assert "**pixel-corr** wins" in explain_winner(pixel) and "brightness and contrast" in explain_winner(pixel)
+
+
+# -- start-up ---------------------------------------------------------------------------------------
+
+def test_app_py_serves_and_loads_no_model_at_start_up(sample_effnet_index, sample_data, tmp_path):
+    """The real entry point: python app.py --index ... --port ...; torch and Chroma stay unloaded
+    until the first deep query, so start-up stays fast."""
+    probe = ("import sys; from retrieval.search import LookalikeIndex; from retrieval.app_ui import build_demo; "
+             "build_demo(LookalikeIndex.open(sys.argv[1])); "
+             "print([m for m in ('torch', 'chromadb', 'open_clip') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe, str(sample_effnet_index)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "app.py", "--index", str(sample_effnet_index), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(600):
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                assert proc.poll() is None, "app.py exited"
+            time.sleep(0.1)
+        query = scan_split(sample_data, "test")[0].path(sample_data)
+        _, status, rows = Client(url, verbose=False).predict(handle_file(str(query)), "corr", 3, api_name="/search_pixel")
+        assert len(rows) == 3 and "pixel-corr" in status
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_no_index_and_no_hub_exits_with_the_build_command(tmp_path, monkeypatch, capsys):
+    from app import main
+    monkeypatch.delenv(HUB_ENV, raising=False)
+    assert main(["--index", str(tmp_path / "index"), "--data", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert (f"python build_index.py sample --out {tmp_path / 'data'} && "
+            f"python build_index.py index --data {tmp_path / 'data'} --index {tmp_path / 'index'}") in err
+
+
+def test_index_and_library_restored_from_the_hub(tmp_path, monkeypatch):
+    """Start-up with no local index: the index and the library come from a dataset repo. The Hub
+    boundary (snapshot_download) is replaced by a copy from a folder laid out as the repo is."""
+    from collect import hub
+    data = make_tiny_library(tmp_path / "built" / "data")
+    build_index(data, tmp_path / "built" / "index", model="none")
+    repo = tmp_path / "repo"
+    hub.write_hub_folder(hub.data_to_datasetdict(data), repo, repo_id="someone/lookalike", data_dir=data)
+    shutil.copytree(tmp_path / "built" / "index", repo / "index")
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, repo_type, local_dir, allow_patterns=None, **_):
+        import fnmatch
+        calls.append((repo_id, repo_type))
+        for f in repo.rglob("*"):
+            rel = f.relative_to(repo).as_posix()
+            if f.is_file() and (allow_patterns is None or any(fnmatch.fnmatch(rel, p) for p in allow_patterns)):
+                (Path(local_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, Path(local_dir) / rel)
+        return local_dir
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv(HUB_ENV, "someone/lookalike")
+    index_dir, data_dir = locate_index(tmp_path / "app" / "index", None, None, tmp_path / "app" / "hub")
+    assert index_dir == tmp_path / "app" / "hub" / "someone--lookalike" / "index"
+    assert calls == [("someone/lookalike", "dataset")] * 2
+    index = LookalikeIndex.open(index_dir, data_dir=data_dir)
+    assert all(file_sha256(p) == it["sha256"] for p, it in zip(index.paths, index.manifest.items))
+    query = next(iter(scan_split(data_dir, "test")))
+    hits, _ = index.search(query.path(data_dir), "pixel-l1", 3)
+    assert hits[0].label == query.label and hits[0].path.is_file()
+    monkeypatch.delenv(HUB_ENV)
+    with pytest.raises(IndexError_, match="no Hub dataset repo configured"):
+        locate_index(tmp_path / "nowhere", None, None, tmp_path / "app" / "hub")

@@ -1,0 +1,94 @@
+"""The app in a real headless Chromium (Selenium): click an example, search, see k images render.
+
+The screenshot goes to artifacts/browser/app.png, the folder CI keeps (named in the README).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from retrieval.app_ui import serve
+from retrieval.library import scan_split
+from retrieval.search import LookalikeIndex
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "browser"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+WAIT_S = 30
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+                                reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def app_url(sample_pixel_index):
+    demo, url = serve(LookalikeIndex.open(sample_pixel_index))
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with tempfile.TemporaryDirectory(prefix="lookalike-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+                     "--window-size=1400,1800"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def _set_k(driver, k: int) -> None:
+    box = driver.find_element(By.CSS_SELECTOR, "#pixel-k input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(k), Keys.TAB)
+
+
+def _rendered_results(driver, k: int) -> list:
+    """Wait until the results gallery shows exactly k images that the browser has decoded."""
+    def ready(d):
+        imgs = d.find_elements(By.CSS_SELECTOR, "#pixel-results img")
+        loaded = len(imgs) == k and all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)
+                                        for i in imgs)
+        return imgs if loaded else False
+    return WebDriverWait(driver, WAIT_S).until(ready)
+
+
+def test_example_click_and_upload_render_k_results(browser, app_url, sample_data):
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(app_url)
+    examples = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button.gallery-item"))
+    assert len(examples) >= 10                              # test-split images offered as examples
+    examples[0].click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pixel-image img"))
+    _set_k(browser, 7)
+    browser.find_element(By.CSS_SELECTOR, "#pixel-search").click()
+    imgs = _rendered_results(browser, 7)
+    captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#pixel-results .caption-label")]
+    assert len(captions) == 7 and captions[0].startswith("#1 ") and captions[6].startswith("#7 ")
+    assert all("/gradio_api/file=" in i.get_attribute("src") for i in imgs)
+    assert "7 results in" in browser.find_element(By.CSS_SELECTOR, "#pixel-status").text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app.png"))
+
+    # Upload a file through the page's own file input, pick another metric and k.
+    query = scan_split(sample_data, "test")[-1].path(sample_data)
+    browser.find_element(By.CSS_SELECTOR, "#pixel-image input[type=file]").send_keys(str(query))
+    browser.find_element(By.CSS_SELECTOR, "#pixel-metric input[value=corr]").click()
+    _set_k(browser, 3)
+    browser.find_element(By.CSS_SELECTOR, "#pixel-search").click()
+    _rendered_results(browser, 3)
+    wait.until(lambda d: "pixel-corr" in d.find_element(By.CSS_SELECTOR, "#pixel-status").text)
+    assert (ARTIFACTS / "app.png").stat().st_size > 10_000
