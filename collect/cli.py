@@ -105,6 +105,8 @@ def _push_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--private", action="store_true", help="create the dataset repo as private")
     g.add_argument("--license", default=None,
                    help="card licence id, e.g. cc-by-4.0 (default: from data/ATTRIBUTION.json, else 'other')")
+    g.add_argument("--push-index", type=Path, default=None, metavar="INDEX",
+                   help="also upload this built index folder as index/ (the app on a Space downloads it)")
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
@@ -157,7 +159,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from .hub import push
-    s = push(args.data, args.repo_id, private=args.private, license=args.license)
+    s = push(args.data, args.repo_id, private=args.private, license=args.license,
+             index_dir=getattr(args, "push_index", None))
     print(f"push: {s.get('train', 0)} train + {s.get('test', 0)} test images, {s['classes']} classes -> {s['url']}")
     return 0
 
@@ -178,7 +181,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    """crawl -> download -> clean -> split -> push (unless --no-hub) -> index."""
+    """crawl -> download -> clean -> split -> index -> push (unless --no-hub), index included."""
     if not args.no_hub:
         from .hub import resolve_token
         if not args.repo_id:
@@ -187,8 +190,10 @@ def cmd_all(args: argparse.Namespace) -> int:
             raise LookalikeError("no Hugging Face token for the push stage: set HF_TOKEN or run "
                                  "`hf auth login`, or pass --no-hub")
     stages = [("crawl", cmd_crawl), ("download", cmd_download), ("clean", cmd_clean), ("split", cmd_split)]
-    stages += [] if args.no_hub else [("push", cmd_push)]
     stages += [("index", cmd_index)]
+    if not args.no_hub:  # last, so the Space can download the built index with the library
+        args.push_index = args.index
+        stages += [("push", cmd_push)]
     for name, stage in stages:
         log.info("== stage %s ==", name)
         rc = stage(args)
@@ -236,7 +241,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _stage(sub, "pull", cmd_pull, "restore data/ from a Hugging Face dataset repo",
            "Download a dataset repo pushed by `push` (or by push_to_hub) and write data/<split>/<class>/<file>; "
            "refuses names that would leave data/.", ("data",), _pull_args)
-    p = _stage(sub, "all", cmd_all, "crawl -> download -> clean -> split -> push -> index",
+    p = _stage(sub, "all", cmd_all, "crawl -> download -> clean -> split -> index -> push",
                "The whole chain with one command. Every stage is idempotent and resumable, so a re-run "
                "continues where the last one stopped.",
                ("urls", "raw", "clean", "quarantine", "data", "index"),

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -285,9 +286,35 @@ def resolve_token(token: str | None = None) -> str | None:
     return token or huggingface_hub.get_token()
 
 
+def stage_index(index_dir: Path, folder: Path) -> list[str]:
+    """Copy a built index into folder/index/ for upload: the manifest, the arrays it names, the
+    evaluation and the embedded Chroma store. The app downloads this folder on a Space."""
+    from retrieval.manifest import EVALUATION, MANIFEST, Manifest
+
+    index_dir = Path(index_dir)
+    manifest = Manifest.read(index_dir)  # a clear error when there is no built index
+    names = [MANIFEST, manifest.pixels_file, EVALUATION]
+    if manifest.embedder:
+        names.append(manifest.embedder["file"])
+    files = []
+    for name in names:
+        if (index_dir / name).is_file():
+            (folder / "index").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(index_dir / name, folder / "index" / name)
+            files.append(f"index/{name}")
+    chroma = (manifest.chroma or {}).get("path")
+    if manifest.chroma and manifest.chroma.get("mode") == "embedded" and (index_dir / chroma).is_dir():
+        shutil.copytree(index_dir / chroma, folder / "index" / chroma)
+        files += [f"index/{p.relative_to(index_dir).as_posix()}" for p in sorted((index_dir / chroma).rglob("*"))
+                  if p.is_file()]
+    return files
+
+
 def push(data_dir: Path, repo_id: str, *, private: bool = False, license: str | None = None,
-         token: str | None = None, commit_message: str | None = None) -> dict[str, Any]:
-    """Upload data/ as a dataset repo (parquet shards, card, attribution); returns a summary."""
+         token: str | None = None, commit_message: str | None = None,
+         index_dir: Path | None = None) -> dict[str, Any]:
+    """Upload data/ as a dataset repo (parquet shards, card, attribution) and, with `index_dir`, the
+    built index under index/ so a Space can start without rebuilding; returns a summary."""
     token = resolve_token(token)
     if not token:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, "
@@ -296,12 +323,15 @@ def push(data_dir: Path, repo_id: str, *, private: bool = False, license: str | 
     counts = {s: len(ds) for s, ds in dd.items()}
     with tempfile.TemporaryDirectory(prefix="lookalike-hub-") as staging:
         files = write_hub_folder(dd, Path(staging), repo_id=repo_id, data_dir=data_dir, license=license)
+        if index_dir is not None:
+            files += stage_index(Path(index_dir), Path(staging))
         api = HfApi(token=token)
         try:
             api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
             api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=staging,
                               commit_message=commit_message or f"Lookalike library: {counts}",
-                              delete_patterns=["data/*.parquet"])  # drop shards of an older layout
+                              # drop shards of an older layout, and an older index's files
+                              delete_patterns=["data/*.parquet"] + (["index/*"] if index_dir is not None else []))
         except Exception as exc:  # HfHubHTTPError, offline mode, network: say what to check
             raise HubError(f"pushing to the dataset repo {repo_id} failed: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}. Check the repo id, your "

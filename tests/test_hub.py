@@ -183,3 +183,29 @@ def test_pull_refuses_names_that_escape_data(tmp_path: Path, cls: str, file: str
         hub.datasetdict_to_data(hub.read_hub_folder(folder), out)
     assert not (tmp_path / "box").exists()  # checked before anything was written
     assert not [p for p in tmp_path.rglob("*evil*") if p.is_file() and p.suffix == ".jpg"]
+
+
+def test_push_with_index_uploads_a_searchable_index(tmp_path: Path, data: Path, monkeypatch) -> None:
+    """`push --push-index` stages the built index under index/; the copy opens and answers queries."""
+    import build_index
+    from retrieval.indexing import build_index as build
+    from retrieval.search import LookalikeIndex
+
+    index = tmp_path / "index"
+    build(data, index, model="none", evaluate=True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    FakeHfApi.calls, FakeHfApi.copy_to = [], tmp_path / "uploaded"
+    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
+    assert build_index.main(["push", "--repo-id", "someone/lib", "--data", str(data),
+                             "--push-index", str(index)]) == 0
+    upload = FakeHfApi.calls[-1][2]
+    assert upload["delete_patterns"] == ["data/*.parquet", "index/*"]
+    staged = sorted(k for k in FakeHfApi.staged if k.startswith("index/"))
+    assert "index/manifest.json" in staged and "index/evaluation.json" in staged
+    assert any(k.startswith("index/pixels-") and k.endswith(".npy") for k in staged)
+    restored = tmp_path / "restored"
+    hub.datasetdict_to_data(hub.read_hub_folder(FakeHfApi.copy_to), restored)
+    copy = LookalikeIndex.open(FakeHfApi.copy_to / "index", data_dir=restored)
+    query = next((restored / "test").rglob("*.*"))
+    hits, _ = copy.search(query, "pixel-l1", k=3)
+    assert len(hits) == 3 and all(h.path.is_file() for h in hits)
