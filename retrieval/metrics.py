@@ -8,21 +8,35 @@ The same code ranks pixel vectors (uint8) and embeddings (float32):
 * corr    (x-mx).(q-mq) / (|x-mx| |q-mq| + eps)         higher is better
 
 Per-row sums and sums of squares are computed once when a matrix is prepared, so L2, cosine and
-correlation cost one matrix product per query batch; L1 is streamed in row chunks. Integer data is
-computed in float64, where every dot product of uint8 vectors is exact, so the matrix-product forms
-agree with the textbook formulas to rounding. Memory stays bounded: a float copy of the library is
-cached only when it fits `cache_bytes`; otherwise rows are converted chunk by chunk per query.
+correlation cost one matrix product per query batch, and L1 one streamed pass. Pixels stay exact
+without float64 copies of the library (see docs/readme-bench.md for the measurements):
+
+* uint8 dot products run in float32 BLAS on the query split into 4-bit halves (q = 16 hi + lo) and
+  on column blocks of EXACT_BLOCK: every partial sum is an integer below 2**24, so float32 holds it
+  exactly and the result equals the float64 one bit for bit, with half the memory traffic.
+* uint8 L1 uses |x - q| = x + q - 2 min(x, q): one min pass over cache-sized row chunks widened to
+  uint16, summed 4 lanes at a time as uint64 words (no lane can overflow in LANE_WORDS words).
+* Large libraries are split by rows over a thread pool (numpy releases the GIL in these loops).
+
+Memory stays bounded: a float copy of the library is cached only when it fits `cache_bytes`;
+otherwise rows are converted chunk by chunk per query. float32 embeddings are used in place.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 EPS = float(np.finfo(float).eps)  # the seed's guard against division by zero
-DEFAULT_CACHE_BYTES = 512 * 2**20
-DEFAULT_CHUNK_BYTES = 2 * 2**20  # converted rows per step: small enough to stay in cache
+DEFAULT_CACHE_BYTES = 1 << 30
+DEFAULT_CHUNK_BYTES = 1 << 20      # rows per step: small enough to stay in cache
+EXACT_BLOCK = 4096                 # 4096 * 255 * 15 < 2**24: a float32 partial sum stays exact
+LANE_WORDS = 256                   # 256 * 255 < 2**16: a 16-bit lane summed over 256 words cannot carry
+PARALLEL_MIN_BYTES = 8 << 20       # below this a pool costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -53,82 +67,158 @@ def get_metric(name: str) -> Metric:
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}") from None
 
 
+def cpu_threads() -> int:
+    """CPUs this process may run on (a container's quota, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="metrics")
+        return _POOL
+
+
+def _lane_totals(words: np.ndarray) -> np.ndarray:
+    """Sum the four 16-bit lanes of each uint64 word, then over the last axis: int64 per row."""
+    m = np.uint64(0xFFFF)
+    total = (words & m) + ((words >> np.uint64(16)) & m) + ((words >> np.uint64(32)) & m) + (words >> np.uint64(48))
+    return total.sum(axis=-1).astype(np.int64)
+
+
 class PreparedMatrix:
     """A library matrix (N, D) with the per-row statistics every metric needs, computed once."""
 
     def __init__(self, data: np.ndarray, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, threads: int | None = None) -> None:
         data = data.reshape(len(data), -1)
         self.data = data
         self.n, self.d = data.shape
-        exact_int = np.issubdtype(data.dtype, np.integer)
-        fits = self.n * self.d * 8 <= cache_bytes
-        # Integers and small float libraries: float64 (exact for uint8). Large float32 libraries:
-        # float32 in place, so a million embeddings are never copied per query.
-        self.dtype = np.float64 if (exact_int or fits) else np.float32
-        self._rows_per_chunk = max(1, chunk_bytes // max(1, self.d * np.dtype(self.dtype).itemsize))
+        self.threads = max(1, threads or cpu_threads())
+        self._chunk_bytes = chunk_bytes
+        self.pixels = data.dtype == np.uint8
+        # Compute dtype of the matrix products: float32 for pixels (exact, see the module notes) and
+        # for float32 embeddings (used in place, never copied); float64 for anything else.
+        self.dtype = np.float32 if (self.pixels or data.dtype == np.float32) else np.float64
         self._cached: np.ndarray | None = None
-        if self.dtype == data.dtype:
+        if data.dtype == self.dtype:
             self._cached = data
         elif self.n * self.d * np.dtype(self.dtype).itemsize <= cache_bytes:
             self._cached = data.astype(self.dtype)
         sums = np.empty(self.n)
         sumsq = np.empty(self.n)
-        for start, chunk in self._chunks():
-            c64 = chunk.astype(np.float64, copy=False)
-            sums[start:start + len(chunk)] = c64.sum(axis=1)
-            sumsq[start:start + len(chunk)] = np.einsum("ij,ij->i", c64, c64)
+        for start, chunk in self._chunks(np.float64):
+            sums[start:start + len(chunk)] = chunk.sum(axis=1)
+            sumsq[start:start + len(chunk)] = np.einsum("ij,ij->i", chunk, chunk)
+        self.sums = sums
         self.sumsq = sumsq
         self.norms = np.sqrt(sumsq)
         self.means = sums / self.d
         self.centred_norms = np.sqrt(np.maximum(sumsq - sums * self.means, 0.0))
+        # uint8 L1 layout: rows padded with zeros to nb blocks of k uint64 words (4 uint16 lanes each).
+        words = -(-self.d // 4)
+        nb = -(-words // LANE_WORDS)
+        self._lanes = (nb, -(-words // nb))
 
-    def _chunks(self):
-        """Yield (start, rows) in the compute dtype, converting at most one chunk at a time."""
-        if self._cached is not None:  # one BLAS call over the whole cached matrix
-            yield 0, self._cached
+    # -- row iteration -------------------------------------------------------------------------
+    def _chunks(self, dtype=None, start: int = 0, stop: int | None = None,
+                whole: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (offset, rows) over [start, stop) in `dtype` (default: the compute dtype),
+        converting at most one chunk at a time; whole=True yields a cached matrix in one piece."""
+        dtype = np.dtype(dtype or self.dtype)
+        stop = self.n if stop is None else stop
+        src = self._cached if self._cached is not None and self._cached.dtype == dtype else self.data
+        if whole and src.dtype == dtype:
+            yield start, src[start:stop]
             return
-        step = self._rows_per_chunk
-        for start in range(0, self.n, step):
-            yield start, self.data[start:start + step].astype(self.dtype)
+        step = max(1, self._chunk_bytes // max(1, self.d * dtype.itemsize))
+        for s in range(start, stop, step):
+            yield s, src[s:min(s + step, stop)].astype(dtype, copy=False)
 
+    def _parallel(self, work: Callable[[int, int], None], bytes_per_row: int) -> None:
+        """Run work(start, stop) over row ranges, on the pool when the library is large enough."""
+        parts = min(self.threads, self.n, max(1, self.n * bytes_per_row // PARALLEL_MIN_BYTES))
+        if parts <= 1:
+            work(0, self.n)
+            return
+        bounds = np.linspace(0, self.n, parts + 1).astype(int)
+        for f in [_pool().submit(work, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+            f.result()
+
+    # -- kernels -------------------------------------------------------------------------------
     def _dots(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, N) float64 dot products of each query with every row."""
+        if self.pixels and queries.dtype == np.uint8:
+            return self._dots_uint8(queries)
+        dtype = np.float64 if self.pixels else self.dtype   # float queries against pixels: no shortcut
         out = np.empty((len(queries), self.n))
-        qt = np.ascontiguousarray(queries.T, dtype=self.dtype)
-        for start, chunk in self._chunks():
+        qt = np.ascontiguousarray(queries.T, dtype=dtype)
+        for start, chunk in self._chunks(dtype, whole=True):
             out[:, start:start + len(chunk)] = (chunk @ qt).T
         return out
 
+    def _dots_uint8(self, queries: np.ndarray) -> np.ndarray:
+        """Exact uint8 dot products in float32: q = 16 hi + lo with 4-bit halves, in column blocks
+        of EXACT_BLOCK, so every partial sum is an integer < 2**24 (exact in float32)."""
+        nq = len(queries)
+        halves = np.concatenate([queries >> 4, queries & 15]).T.astype(np.float32)   # (D, 2Q)
+        acc = np.zeros((2 * nq, self.n))
+        for start, chunk in self._chunks(whole=True):
+            for c0 in range(0, self.d, EXACT_BLOCK):
+                part = chunk[:, c0:c0 + EXACT_BLOCK] @ halves[c0:c0 + EXACT_BLOCK]
+                acc[:, start:start + len(chunk)] += part.T
+        return 16.0 * acc[:nq] + acc[nq:]
+
     def _l1(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty((len(queries), self.n))
-        if self.data.dtype == np.uint8 and queries.dtype == np.uint8:
+        if self.pixels and queries.dtype == np.uint8:
             return self._l1_uint8(queries, out)
-        q = queries.astype(self.dtype, copy=False)
-        for start, chunk in self._chunks():
-            for i, row in enumerate(q):
-                out[i, start:start + len(chunk)] = np.abs(chunk - row).sum(axis=1)
+        dtype = np.float64 if self.pixels else self.dtype   # pixel sums exceed float32's exact range
+        q = queries.astype(dtype)
+
+        def work(start: int, stop: int) -> None:
+            for s, chunk in self._chunks(dtype, start, stop):
+                for i, row in enumerate(q):
+                    out[i, s:s + len(chunk)] = np.abs(chunk - row).sum(axis=1)
+
+        self._parallel(work, self.d * np.dtype(dtype).itemsize)
         return out
 
     def _l1_uint8(self, queries: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """|a - b| = max(a, b) - min(a, b) stays in uint8: exact, no float copy of the library.
+        """Exact integer L1 = sum(x) + sum(q) - 2 sum(min(x, q)), one pass over the library.
 
-        Rows are processed in cache-sized chunks into reused buffers, and each row is summed in
-        blocks of 256 bytes into uint16 (256 * 255 < 2**16) before the final uint64 sum.
+        Each cache-sized chunk of rows is widened to uint16 (zero padding: min(0, 0) adds nothing),
+        min-ed with the query, then read as uint64 words of four 16-bit lanes and summed in blocks
+        of at most LANE_WORDS words, where no lane can carry into the next.
         """
-        step = max(1, (1 << 20) // self.d)
-        hi = np.empty((min(step, self.n), self.d), dtype=np.uint8)
-        lo = np.empty_like(hi)
-        body = self.d - self.d % 256
-        for start in range(0, self.n, step):
-            chunk = self.data[start:start + step]
-            h, l = hi[:len(chunk)], lo[:len(chunk)]
-            for i, row in enumerate(queries):
-                np.maximum(chunk, row, out=h)
-                np.minimum(chunk, row, out=l)
-                np.subtract(h, l, out=h)
-                total = h[:, :body].reshape(len(chunk), -1, 256).sum(axis=2, dtype=np.uint16).sum(axis=1, dtype=np.uint64)
-                total += h[:, body:].sum(axis=1, dtype=np.uint64)
-                out[i, start:start + len(chunk)] = total
+        nb, k = self._lanes
+        width = 4 * nb * k
+        q16 = np.zeros((len(queries), width), np.uint16)
+        q16[:, :self.d] = queries
+        q_sums = queries.sum(axis=1, dtype=np.int64).astype(np.float64)
+
+        def work(start: int, stop: int) -> None:
+            step = max(1, self._chunk_bytes // (2 * width))
+            wide = np.zeros((min(step, stop - start), width), np.uint16)
+            mins = np.empty_like(wide) if len(queries) > 1 else wide
+            for s in range(start, stop, step):
+                chunk = self.data[s:min(s + step, stop)]
+                r = len(chunk)
+                wide[:r, :self.d] = chunk
+                for i, q in enumerate(q16):
+                    m = np.minimum(wide[:r], q, out=mins[:r])
+                    min_sums = _lane_totals(m.view(np.uint64).reshape(r, nb, k).sum(axis=2))
+                    out[i, s:s + r] = self.sums[s:s + r] + q_sums[i] - 2.0 * min_sums
+
+        self._parallel(work, 2 * width)
         return out
 
     def scores(self, queries: np.ndarray, metric: str) -> np.ndarray:
