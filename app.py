@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from retrieval.app_start import HUB_ENV, locate_index
-from retrieval.errors import LookalikeError
+from retrieval.cli import run
 
 APP_DIR = Path(__file__).resolve().parent
 
@@ -34,25 +34,23 @@ def make_parser() -> argparse.ArgumentParser:
                         f"(default: ${HUB_ENV})")
     p.add_argument("--chroma-url", default=None, help="Chroma server http://HOST:PORT (default: as recorded in the index)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=serve_app)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        index_dir, data_dir = locate_index(args.index, args.data, args.hub_repo, APP_DIR / "hub")
-        from retrieval.search import LookalikeIndex
-        index = LookalikeIndex.open(index_dir, data_dir=data_dir, chroma_url=args.chroma_url)
-        from retrieval.app_ui import build_demo, launch_options
-        demo = build_demo(index)
-    except LookalikeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def serve_app(args: argparse.Namespace) -> int:
+    index_dir, data_dir = locate_index(args.index, args.data, args.hub_repo, APP_DIR / "hub")
+    from retrieval.search import LookalikeIndex
+    index = LookalikeIndex.open(index_dir, data_dir=data_dir, chroma_url=args.chroma_url)
+    from retrieval.app_ui import build_demo, launch_options
+    demo = build_demo(index)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None,
                 **launch_options(index))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(make_parser(), argv, quiet_level=logging.INFO)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import sys
 from collect import cli as collect_cli
 from collect import sample
 from retrieval import cli as retrieval_cli
-from retrieval.errors import LookalikeError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -28,14 +27,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except LookalikeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return retrieval_cli.run(make_parser(), argv, quiet_level=logging.INFO)
 
 
 if __name__ == "__main__":

@@ -127,12 +127,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+def run(parser: argparse.ArgumentParser, argv: list[str] | None, *, quiet_level: int = logging.WARNING) -> int:
+    """Parse, configure logging (-v for debug) and run args.func; a LookalikeError becomes one line
+    on stderr and exit code 2, never a traceback. Shared by every front end."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else quiet_level,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except LookalikeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(make_parser(), argv)
