@@ -56,3 +56,38 @@ def make_tiny_library(root: Path, classes: dict[str, tuple[int, int, int]] | Non
 @pytest.fixture
 def tiny_library(tmp_path) -> Path:
     return make_tiny_library(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real Chroma server on 127.0.0.1 for the whole session, stopped at the end."""
+    from chroma_support import start_server, stop_server
+
+    proc, url = start_server(tmp_path_factory.mktemp("chroma-server"))
+    try:
+        yield url
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory) -> Path:
+    """A real ViT-B-32 state dict (random init: no weights can be fetched here), as users give one."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    path = tmp_path_factory.mktemp("ckpt") / "vit-b-32.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_effnet_index(sample_data, tmp_path_factory) -> Path:
+    """The sample library indexed with the offline backbone (embeddings + Chroma + evaluation)."""
+    from retrieval.indexing import build_index
+
+    index = tmp_path_factory.mktemp("sample-effnet") / "index"
+    build_index(sample_data, index, model="effnet")
+    return index

@@ -15,7 +15,6 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,35 +24,22 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from retrieval.app_start import HUB_ENV, locate_index
-from retrieval.app_ui import build_demo, explain_winner, query_source, serve
+from retrieval.app_ui import build_demo, explain_winner, query_source
 from retrieval.errors import ImageError, IndexError_
 from retrieval.indexing import build_index
 from retrieval.library import file_sha256, scan_split
 from retrieval.metrics import METRICS
 from retrieval.search import LookalikeIndex
 
+from app_support import launch
 from conftest import make_tiny_library
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def sample_effnet_index(sample_data, tmp_path_factory) -> Path:
-    """The sample library indexed with the offline backbone (embeddings, Chroma, evaluation.json)."""
-    index = tmp_path_factory.mktemp("sample-effnet") / "index"
-    build_index(sample_data, index, model="effnet")
-    return index
-
-
-def _launch(index_dir: Path):
-    index = LookalikeIndex.open(index_dir)
-    demo, url = serve(index)
-    return demo, SimpleNamespace(index=index, url=url, client=Client(url, verbose=False))
-
-
 @pytest.fixture(scope="module")
 def app(sample_effnet_index):
-    demo, app = _launch(sample_effnet_index)
+    demo, app = launch(sample_effnet_index)
     yield app
     demo.close()
 
@@ -200,6 +186,17 @@ def test_only_the_library_and_index_are_served(app, sample_data):
     assert get("/etc/passwd") == 403
     assert get(str(ROOT / "app.py")) == 403
     assert get(f"{sample_data}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd") == 403   # traversal
+    up = "/..".join([""] * 12)
+    sibling = sample_data.parent / f"{sample_data.name}-private"      # shares the library's name prefix
+    sibling.mkdir(exist_ok=True)
+    (sibling / "secret.txt").write_text("not for the web")
+    link = app.index.index_dir / "passwd-link"                        # a symlink inside an allowed folder
+    if not link.is_symlink():
+        link.symlink_to("/etc/passwd")
+    for variant in (f"{sample_data}{up}/etc/passwd", f"{sample_data}/%252e%252e/%252e%252e/etc/passwd",
+                    "%2Fetc%2Fpasswd", "//etc/passwd", f"{sample_data}\\..\\..\\etc\\passwd",
+                    "/proc/self/environ", str(sibling / "secret.txt"), str(link)):
+        assert get(variant) in (403, 404), variant
     assert get(str(app.index.paths[0])) == 200
     assert get(str(app.index.index_dir / "manifest.json")) == 200
 
@@ -221,7 +218,7 @@ def clip_index(tmp_path_factory) -> Path:
 
 
 def test_text_search_endpoint_with_a_clip_index(clip_index):
-    demo, app = _launch(clip_index)
+    demo, app = launch(clip_index)
     try:
         assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/search_text"}
         gallery, status, exact = app.client.predict("a red square", "clip-cosine", 4, api_name="/search_text")

@@ -39,17 +39,6 @@ def _pictures(n: int) -> list[Image.Image]:
 
 # -- open_clip through a checkpoint file ------------------------------------------------------
 @pytest.fixture(scope="module")
-def clip_checkpoint(tmp_path_factory) -> Path:
-    """A real ViT-B-32 state dict (random init: no weights can be fetched here), as users give one."""
-    import open_clip
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    path = tmp_path_factory.mktemp("ckpt") / "vit-b-32.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def clip(clip_checkpoint) -> OpenClipEmbedder:
     return load_embedder(f"ViT-B-32:{clip_checkpoint}")
 

@@ -1,12 +1,6 @@
 """VectorStore against real Chroma: embedded (PersistentClient) and a real `chroma run` server."""
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,62 +10,9 @@ import pytest
 from retrieval.errors import IndexError_
 from retrieval.vectorstore import SPACES, VectorStore
 
+from chroma_support import free_port, start_server, stop_server
+
 DIM = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _chroma_cli() -> str:
-    beside = Path(sys.executable).with_name("chroma")
-    found = str(beside) if beside.is_file() else shutil.which("chroma")
-    if not found:
-        pytest.skip("the `chroma` CLI (installed with chromadb) is not on PATH")
-    return found
-
-
-def _start_server(data: Path) -> tuple[subprocess.Popen, str]:
-    """`chroma run` on a free 127.0.0.1 port; returns once its heartbeat answers."""
-    port = _free_port()
-    log = open(data / "server.log", "wb")
-    proc = subprocess.Popen([_chroma_cli(), "run", "--path", str(data / "db"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    log.close()   # the child holds its own handle
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"chroma run did not come up: {(data / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.2)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory):
-    """A real Chroma server on 127.0.0.1, started for this module and stopped after it."""
-    proc, url = _start_server(tmp_path_factory.mktemp("chroma-server"))
-    try:
-        yield url
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(params=["embedded", "server"])
@@ -210,16 +151,16 @@ def test_existing_collection_with_wrong_space_is_refused(tmp_path):
 
 def test_unreachable_server_says_how_to_start_one():
     with pytest.raises(IndexError_, match="chroma run"):
-        VectorStore.open(url=f"http://127.0.0.1:{_free_port()}")
+        VectorStore.open(url=f"http://127.0.0.1:{free_port()}")
 
 
 def test_server_going_away_mid_run(tmp_path):
-    proc, url = _start_server(tmp_path)
+    proc, url = start_server(tmp_path)
     try:
         store = VectorStore.open(url=url)
         store.upsert(["a"], _unit(1), None)
     finally:
-        _stop(proc)
+        stop_server(proc)
     with pytest.raises(IndexError_, match="stopped answering"):
         store.count()
 
