@@ -85,9 +85,17 @@ class VectorStore:
             path.mkdir(parents=True, exist_ok=True)
             client = chromadb.PersistentClient(path=str(path), settings=_settings())
         except Exception as exc:
-            io = isinstance(exc, OSError) or "os error" in str(exc)
-            hint = "give a writable directory (not a file) for the index" if io else \
-                "close other Chroma clients on this path (one writer process per path)"
+            text = str(exc).lower()
+            io = isinstance(exc, OSError) or "os error" in text
+            if "disk is full" in text:
+                hint = "the disk is full: free some space and try again"
+            elif "readonly" in text or "read-only" in text:
+                hint = ("Chroma writes to its folder even to read it: make the index folder writable, "
+                        "or copy the index to a writable disk")
+            elif io:
+                hint = "give a writable directory (not a file) for the index"
+            else:
+                hint = "close other Chroma clients on this path (one writer process per path)"
             raise IndexError_(f"cannot open a Chroma database at {path}: {exc}; {hint}") from exc
         return cls(client, prefix, str(path))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -53,6 +52,7 @@ class Embedder(abc.ABC):
     dim: int
     has_text: bool = False
     channels_last: bool = False   # convnets run faster on CPU with NHWC tensors
+    cpu_batch: int = 32           # most rows per model call on CPU (cache-bound convnets want fewer)
 
     def __init__(self, model: torch.nn.Module, preprocess: Preprocess,
                  device: torch.device | str | None = None) -> None:
@@ -85,12 +85,13 @@ class Embedder(abc.ABC):
 
     def _embed(self, batch: torch.Tensor) -> np.ndarray:
         """One model call on a stacked batch -> normalised float32 rows on the CPU."""
+        step = len(batch) if self.device.type == "cuda" else self.cpu_batch
         with torch.inference_mode():
             x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            feats = self._image_features(x).float()
-            return F.normalize(feats, dim=-1).cpu().numpy()
+            feats = torch.cat([self._image_features(x[i:i + step]) for i in range(0, len(x), step)])
+            return F.normalize(feats.float(), dim=-1).cpu().numpy()
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """(n, dim) float32, unit rows. For a few in-memory images (queries); libraries use encode_files."""
@@ -132,15 +133,11 @@ class Embedder(abc.ABC):
             return [(i, pool.submit(self._decode, paths[i])) for i in idx]
 
         try:
-            pending: deque[list[tuple[int, Future | Path]]] = deque()
-            first = next(starts, None)
-            if first is not None:
-                pending.append(submit(first))
-            while pending:   # the next batch decodes while the model works on this one
-                batch = pending.popleft()
-                nxt = next(starts, None)
-                if nxt is not None:
-                    pending.append(submit(nxt))
+            start = next(starts, None)
+            batch = submit(start) if start is not None else None
+            while batch is not None:   # the next batch decodes while the model works on this one
+                start = next(starts, None)
+                upcoming = submit(start) if start is not None else None
                 ok: list[int] = []
                 tensors: list[torch.Tensor] = []
                 for i, job in batch:
@@ -149,9 +146,10 @@ class Embedder(abc.ABC):
                         ok.append(i)
                     except ImageError as exc:
                         log.warning("skipping %s", exc)
+                bar.update(len(batch))
                 if tensors:
                     yield ok, self._embed(torch.stack(tensors))
-                bar.update(len(batch))
+                batch = upcoming
         finally:
             bar.close()
             if pool is not None:
