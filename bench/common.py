@@ -1,20 +1,32 @@
-"""Shared benchmark helpers: timing with medians, machine info, and locating the sample library."""
+"""Shared benchmark helpers: timing with medians, peak memory per phase, machine info, results.
+
+Every benchmark module exposes `run(...) -> dict` (a *result*, see `result()`), used both by its own
+`main()` and by the suite (`python -m bench`). A result holds preformatted tables, the targets it
+checks and the raw figures; `render()` turns it into the Markdown of bench/RESULTS.md.
+"""
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# -- timing -----------------------------------------------------------------------------------
 def timed(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
     """Wall-clock seconds of `repeat` calls after `warmup` untimed calls."""
     for _ in range(warmup):
@@ -27,17 +39,162 @@ def timed(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]
     return out
 
 
-def median_ms(samples: list[float]) -> float:
+def median_ms(samples: Sequence[float]) -> float:
     return 1000 * statistics.median(samples)
 
 
-def p95_ms(samples: list[float]) -> float:
+def percentile_ms(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) in ms, nearest rank: with 100 samples p99 is the 99th smallest."""
     s = sorted(samples)
-    return 1000 * s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    return 1000 * s[min(len(s) - 1, max(0, int(round(q / 100 * len(s))) - 1))]
 
 
+def p95_ms(samples: Sequence[float]) -> float:
+    return percentile_ms(samples, 95)
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+# -- memory -----------------------------------------------------------------------------------
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process over its lifetime (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_kb(field: str, pid: int | str = "self") -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    kb = _status_kb("VmRSS", pid)
+    return None if kb is None else kb / 1024
+
+
+def hwm_mb(pid: int | str = "self") -> float | None:
+    """Peak resident memory (VmHWM) of a process since start or since its last reset (MB)."""
+    kb = _status_kb("VmHWM", pid)
+    return None if kb is None else kb / 1024
+
+
+class PeakMemory:
+    """Peak resident memory of this process during a `with` block, in MB (`.peak_mb`).
+
+    Linux lets a process reset its own high-water mark (write 5 to /proc/self/clear_refs), so the
+    figure is exact for the block even after bigger earlier phases. Elsewhere a sampling thread
+    (every 10 ms) stands in, which can miss short spikes.
+    """
+
+    def __init__(self) -> None:
+        self.start_mb = 0.0
+        self.peak_mb = 0.0
+        self._exact = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        self.start_mb = rss_mb() or 0.0
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._exact = hwm_mb() is not None
+        except OSError:
+            self._exact = False
+        if not self._exact:
+            self.peak_mb = self.start_mb
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak_mb = max(self.peak_mb, rss_mb() or peak_rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        if self._exact:
+            self.peak_mb = hwm_mb() or 0.0
+        else:
+            self._stop.set()
+            if self._thread:
+                self._thread.join()
+            self.peak_mb = max(self.peak_mb, rss_mb() or 0.0)
+
+
+def in_child(module: str, func: str, env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Call bench/<module>.py's func(**kwargs) in a fresh Python process and return its JSON-able
+    dict, plus "peak_mb": the child's lifetime peak resident memory (imports and model included).
+
+    A fresh process gives a clean memory figure (nothing left over from earlier phases) and lets a
+    phase run under other environment settings (such as OMP_WAIT_POLICY, read once at start-up).
+    """
+    code = (f"import json, sys; sys.path[:0] = [{str(BENCH)!r}, {str(ROOT)!r}]; import common, {module} as m; "
+            f"r = m.{func}(**json.loads(sys.argv[1])); r['peak_mb'] = common.hwm_mb() or common.peak_rss_mb(); "
+            "print(); print(json.dumps(r))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module}.{func} failed in a child process (status {proc.returncode}):\n"
+                           + proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a child we started, and kill it if it does not exit within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- machine ----------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def memory_gb() -> float | None:
+    kb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                kb = int(line.split()[1])
+    except OSError:
+        return None
+    return None if kb is None else kb / 2**20
+
+
+def machine() -> dict[str, Any]:
+    """What the figures depend on: CPU, cores, memory, load at the time, GPU, package versions."""
+    from retrieval.manifest import package_versions
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+        "memory_gb": round(memory_gb() or 0, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "versions": package_versions(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+    }
+    try:
+        import torch
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["gpu"] = None
+    return info
 
 
 def machine_info() -> str:
@@ -46,10 +203,89 @@ def machine_info() -> str:
             f"numpy {numpy.__version__}")
 
 
-def sample_library(path: str | None = None) -> Path:
+def sample_library(path: str | os.PathLike | None = None) -> Path:
     """The sample library (built on first use) used by the benchmarks."""
     data = Path(path) if path else ROOT / "data"
     if not (data / "train").is_dir():
         from collect.sample import build_sample_library
         build_sample_library(data)
     return data
+
+
+# -- results ----------------------------------------------------------------------------------
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def result(name: str, title: str, config: dict[str, Any]) -> dict[str, Any]:
+    """An empty result that a benchmark fills with tables, checks, notes and raw figures."""
+    return {"name": name, "title": title, "config": config, "started": now(), "tables": [],
+            "checks": [], "notes": [], "figures": {}}
+
+
+def add_table(res: dict[str, Any], caption: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    res["tables"].append({"caption": caption, "columns": list(columns), "rows": [[str(c) for c in r] for r in rows]})
+
+
+def add_check(res: dict[str, Any], what: str, target: str, value: str, met: bool | None) -> None:
+    """A target from the issue and how this run did against it (met=None: not measurable here)."""
+    res["checks"].append({"what": what, "target": target, "value": value, "met": met})
+
+
+@contextmanager
+def stopwatch(res: dict[str, Any]) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+
+
+def fmt_ms(ms: float) -> str:
+    if ms != ms:  # nan
+        return "n/a"
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"
+
+
+def fmt_ratio(x: float) -> str:
+    return "n/a" if x != x else f"{x:.0f}x" if x >= 10 else f"{x:.2f}x"
+
+
+def mark(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "reported"}[met]
+
+
+def render(res: dict[str, Any], level: int = 2) -> str:
+    """Markdown for one result: title, run facts, tables, targets, notes."""
+    h = "#" * level
+    lines = [f"{h} {res['title']}", ""]
+    facts = [f"`{res['name']}`", f"run {res.get('started', '?')}"]
+    if "seconds" in res:
+        facts.append(f"took {res['seconds']:.0f} s")
+    if res.get("mode"):
+        facts.append(f"mode {res['mode']}")
+    lines += [", ".join(facts) + ".", ""]
+    if res.get("error"):
+        lines += ["**This benchmark failed:**", "", "```", res["error"].strip()[-3000:], "```", ""]
+    for t in res.get("tables", []):
+        if t.get("caption"):
+            lines += [t["caption"], ""]
+        lines.append("| " + " | ".join(t["columns"]) + " |")
+        lines.append("|" + "---|" * len(t["columns"]))
+        lines += ["| " + " | ".join(r) + " |" for r in t["rows"]]
+        lines.append("")
+    if res.get("checks"):
+        lines += ["| target | required | this run | |", "|---|---|---|---|"]
+        lines += [f"| {c['what']} | {c['target']} | {c['value']} | {mark(c['met'])} |" for c in res["checks"]]
+        lines.append("")
+    for note in res.get("notes", []):
+        lines.append(f"- {note}")
+    if res.get("notes"):
+        lines.append("")
+    if res.get("transcript"):
+        lines += ["```", res["transcript"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def print_result(res: dict[str, Any]) -> None:
+    print(render(res, level=1))

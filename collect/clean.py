@@ -6,7 +6,8 @@ As in the seed, each search term is a class (the seed's merge step keys classes 
 Rules, and why:
 - raw/ is the downloader's cache and is never modified (so a re-download is never triggered by
   cleaning). clean/ is derived from it; re-running gives the same clean/ (idempotent).
-- An image is rejected when it is not an image, is corrupt or truncated, is smaller than
+- An image is rejected when it is not an image, is corrupt or truncated, is larger than the
+  decompression-bomb limit (`retrieval.images.MAX_PIXELS`), is smaller than
   `min_side` on either side (the seed's 50 px), or has the same bytes as one already kept
   (first in sorted path order wins). Rejects are copied to quarantine/<reason>/<category>/<term>/
   and logged in quarantine/reasons.jsonl; nothing is deleted silently.
@@ -35,9 +36,9 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from retrieval.atomic import atomic_path, write_bytes, write_json
+from retrieval.atomic import atomic_path, remove_leftovers, write_bytes, write_json
 from retrieval.errors import ImageError, LibraryError
-from retrieval.images import load_image
+from retrieval.images import MAX_PIXELS, load_image
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,20 @@ def inspect_image(data: bytes, name: str) -> tuple[dict[str, Any], Image.Image |
     The header is read with PIL only to learn the format and mode (and to tell "not an image" from
     "corrupt"); the pixels are decoded by `load_image`, like everywhere else.
     """
+    if not data:
+        return {"status": "not_image", "detail": "empty file (0 bytes)"}, None
     try:
         with Image.open(io.BytesIO(data)) as header:
             fmt, mode, frames = header.format, header.mode, getattr(header, "n_frames", 1)
+            width, height = header.size
     except UnidentifiedImageError:
         return {"status": "not_image", "detail": "no known image format"}, None
     except Image.DecompressionBombError as exc:
-        return {"status": "corrupt", "detail": str(exc)[:200]}, None
+        return {"status": "too_large", "detail": f"possible decompression bomb: {exc}"[:200]}, None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return {"status": "corrupt", "detail": str(exc)[:200]}, None
+    if width * height > MAX_PIXELS:   # refused before decoding, like load_image does
+        return {"status": "too_large", "detail": f"{width}x{height} is over {MAX_PIXELS / 1e6:.0f} Mpx"}, None
     try:
         img = load_image(data, name=name)
     except ImageError as exc:
@@ -156,6 +162,8 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
     if not files:
         raise LibraryError(f"{raw_dir} holds no raw/<category>/<term>/<image> files to clean")
     clean_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (clean_dir, quarantine_dir):   # temporaries of a run that was killed
+        remove_leftovers(folder, recursive=True)
     state_path = clean_dir / STATE_NAME
     checks, outputs = _load_state(state_path)
     quarantine = _Quarantine(quarantine_dir)

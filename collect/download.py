@@ -41,7 +41,7 @@ import requests
 from tqdm import tqdm
 from urllib3.exceptions import ReadTimeoutError
 
-from retrieval.atomic import write_bytes, write_json
+from retrieval.atomic import remove_leftovers, write_bytes, write_json
 from retrieval.errors import ImageError, LookalikeError
 from retrieval.images import IMAGE_EXTENSIONS, load_image
 
@@ -93,6 +93,18 @@ class DownloadConfig:
     checkpoint_s: float = 10.0      # manifest written at least this often during a run
     retry_failed: bool = False      # also retry permanent failures (404, not_image, ...)
     user_agent: str = USER_AGENT
+
+    def __post_init__(self) -> None:
+        # A bad knob must fail loudly: retries=-1 would record every URL as a permanent failure
+        # that later runs skip, and max_bytes=0 would mark every image too_large for good.
+        bad = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, ok, rule in (
+            ("workers", self.workers >= 1, "at least 1"), ("retries", self.retries >= 0, "0 or more"),
+            ("max_redirects", self.max_redirects >= 0, "0 or more"), ("max_bytes", self.max_bytes >= 1, "at least 1"),
+            ("delay", self.delay >= 0, "0 or more"), ("backoff", self.backoff >= 0, "0 or more"),
+            ("connect_timeout", self.connect_timeout > 0, "over 0"), ("read_timeout", self.read_timeout > 0, "over 0"),
+            ("total_timeout", self.total_timeout > 0, "over 0")) if not ok]
+        if bad:
+            raise DownloadError("bad download settings: " + "; ".join(bad))
 
 
 @dataclass
@@ -404,6 +416,8 @@ class Downloader:
         """Download every job not already settled; the manifest is checkpointed and always saved."""
         cfg = self.config
         manifest_path = self.raw_dir / MANIFEST_NAME
+        if remove_leftovers(self.raw_dir, recursive=True):  # temporaries of a run that was killed
+            log.info("removed temporary files left in %s by an interrupted run", self.raw_dir)
         records = load_manifest(manifest_path)
         report = DownloadReport(manifest=manifest_path)
         todo: list[Key] = []

@@ -82,6 +82,14 @@ def query_source(image: Any) -> str | bytes:
                      "the clipboard, or click an example below")
 
 
+def upload_name(image: Any) -> str:
+    """How messages call an upload: the user's own file name, never the server's cache path."""
+    if isinstance(image, dict):
+        name = image.get("orig_name") or (Path(image["path"]).name if image.get("path") else "")
+        return f"the upload {name[:80]!r}" if name else "the pasted image"
+    return f"the upload {Path(str(image)).name[:80]!r}"
+
+
 def slider_k(k: Any) -> int:
     """A slider (or JSON client) may send k as a whole float such as 5.0; the index checks the rest."""
     return check_k(int(k) if isinstance(k, float) and k.is_integer() else k)
@@ -133,7 +141,7 @@ class Searcher:
         k = slider_k(k)
         source = query_source(image)
         note = self._ready(method)
-        hits, seconds = self.index.search(source, method, k)
+        hits, seconds = self.index.search(source, method, k, name=upload_name(image))
         return self._outputs(hits, seconds, method, note)
 
     def pixel(self, image: Any, metric: str, k: Any = DEFAULT_K) -> Outputs:

@@ -19,3 +19,9 @@ class IndexError_(LookalikeError):
 
 class ModelError(LookalikeError):
     """A model cannot be loaded (no weights offline, unknown spec) or lacks a capability (text)."""
+
+
+class StorageError(LookalikeError, OSError):
+    """A file could not be written (disk full, read-only or unwritable folder). Raised by
+    `retrieval.atomic`, so the previous version of the file is still in place. Also an OSError,
+    so code that handles I/O errors generically keeps working."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -34,18 +35,18 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _open(source: ImageSource) -> Image.Image:
+def _open(source: ImageSource, label: str) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (bytes, bytearray)):
         if not source:
-            raise ImageError("the upload is empty (0 bytes)")
+            raise ImageError(f"{label}: the upload is empty (0 bytes)")
         return Image.open(io.BytesIO(source))
     path = Path(source)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{label}: no such file")
     if path.stat().st_size == 0:
-        raise ImageError(f"{path}: the file is empty (0 bytes)")
+        raise ImageError(f"{label}: the file is empty (0 bytes)")
     return Image.open(path)
 
 
@@ -55,7 +56,9 @@ def flatten_to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 25
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        # 16-bit modes span 0..65535 whatever the content (a dark exposure stays dark); plain "I"
+        # (32-bit) carries no range, so values above 255 are taken as 16-bit, others as 8-bit.
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
@@ -76,7 +79,7 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(source)
+            img = _open(source, label)
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(
                     f"{label}: {img.width}x{img.height} is too large "
@@ -90,7 +93,11 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{label}: refused as a possible decompression bomb ({exc})") from None
+        # Pillow names its own hard limit (twice ours); say what the file declares and our limit.
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"it declares {int(declared[1]) / 1e6:.0f} Mpx" if declared else str(exc)
+        raise ImageError(f"{label}: refused as a possible decompression bomb ({what}, the limit is "
+                         f"{MAX_PIXELS / 1e6:.0f} Mpx)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image (no known image format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -98,8 +98,13 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     or "none" for a pixel-only index.
     """
     data_dir, index_dir = Path(data_dir), Path(index_dir)
-    size = check_pixel_size(pixel_size or DEFAULT_PIXEL_SIZE)
-    index_dir.mkdir(parents=True, exist_ok=True)
+    size = check_pixel_size(DEFAULT_PIXEL_SIZE if pixel_size is None else pixel_size)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LookalikeError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexError_(f"cannot create the index folder {index_dir}: {exc.strerror or exc}") from None
     if not os.access(index_dir, os.W_OK):
         raise IndexError_(f"cannot write to the index folder {index_dir}; the existing index was left as it is")
     old = _old_manifest(index_dir)
@@ -132,15 +137,25 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     token = secrets.token_hex(4)
     manifest = Manifest(data_root=_relative_root(data_dir, index_dir), pixel_size=size,
                         pixels_file=f"pixels-{size}.{token}.npy", items=items, skipped=skipped)
-    atomic.save_npy(index_dir / manifest.pixels_file, pixels)
-
     summary: dict[str, Any] = {"images": len(items), "pixel_size": size, "pixels_reused": len(reuse),
                                "pixels_decoded": len(ok), "skipped": skipped, "embedded": 0}
-    if (model or "auto").lower() not in NO_MODEL:
-        manifest.embedder, summary["embedded"] = _embed(index_dir, data_dir, items, old, model, token, batch_size)
-        manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url)
-
-    manifest.write(index_dir)
+    try:
+        atomic.save_npy(index_dir / manifest.pixels_file, pixels)
+        if (model or "auto").lower() not in NO_MODEL:
+            manifest.embedder, summary["embedded"] = _embed(index_dir, data_dir, items, old, model, token, batch_size)
+            manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url, old)
+        manifest.write(index_dir)
+    except BaseException:
+        # Unless the new manifest made it to disk, no manifest names the new arrays: free their
+        # space now (a full disk). A SIGKILL skips this; the next build's _remove_stale clears them.
+        live = _old_manifest(index_dir)
+        if live is None or live.pixels_file != manifest.pixels_file:
+            for f in index_dir.glob(f"*.{token}.npy"):
+                f.unlink(missing_ok=True)
+        raise
+    # The old evaluation describes the old index; a new one is written below (or, with
+    # evaluate=False, by `python -m retrieval evaluate --save`).
+    (index_dir / EVALUATION).unlink(missing_ok=True)
     _remove_stale(index_dir, manifest)
     summary["manifest"] = str(index_dir / "manifest.json")
     if evaluate:
@@ -183,11 +198,15 @@ def _embed(index_dir: Path, data_dir: Path, items: list[dict[str, str]], old: Ma
     return record, len(todo)
 
 
-def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None) -> dict[str, Any]:
+def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
+                 old: Manifest | None = None) -> dict[str, Any]:
     """Make Chroma hold exactly the manifest's rows: upsert new/changed, delete removed.
 
     Comparing against what Chroma holds (not against the old manifest) also repairs a store left
-    behind by a build that was killed between the Chroma write and the manifest write.
+    behind by a build that was killed between the Chroma write and the manifest write. Before the
+    first change to collections that the old manifest uses, that manifest is marked `syncing`, so
+    a build killed from here until the new manifest is written leaves an index whose HNSW methods
+    refuse with "rerun the build" instead of answering from collections that no longer match it.
     """
     from .vectorstore import VectorStore
 
@@ -199,11 +218,15 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None) ->
     held = store.metadatas()
     wanted = {it["path"]: i for i, it in enumerate(manifest.items)}
     stale = [i for i in held if i not in wanted]
-    if stale:
-        store.delete(stale)
     rows = [i for p, i in wanted.items()
             if held.get(p, {}).get("sha256") != manifest.items[i]["sha256"]
             or held.get(p, {}).get("spec") != manifest.embedder["spec"]]
+    if (stale or rows) and old is not None and old.chroma is not None \
+            and {k: v for k, v in old.chroma.items() if k != "syncing"} == record:
+        old.chroma = {**record, "syncing": True}
+        old.write(index_dir)
+    if stale:
+        store.delete(stale)
     if rows:
         store.upsert([manifest.items[i]["path"] for i in rows], np.asarray(vectors[rows]),
                      [{"label": manifest.items[i]["label"], "path": manifest.items[i]["path"],
@@ -219,8 +242,7 @@ def _remove_stale(index_dir: Path, manifest: Manifest) -> None:
     for f in index_dir.glob("*.npy"):
         if f.name not in live:
             f.unlink(missing_ok=True)
-    for f in index_dir.glob(".*.tmp*"):
-        f.unlink(missing_ok=True)
+    atomic.remove_leftovers(index_dir)
 
 
 def items_of(manifest: Manifest) -> list[LibraryItem]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -16,6 +17,7 @@ from . import atomic
 from .errors import IndexError_
 
 MANIFEST = "manifest.json"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # no separators, not hidden, not '..'
 EVALUATION = "evaluation.json"
 FORMAT = 1
 PACKAGES = ("numpy", "pillow", "torch", "open_clip_torch", "timm", "chromadb", "gradio")
@@ -60,10 +62,33 @@ class Manifest:
             raw = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise IndexError_(f"{path} is unreadable ({exc}); rebuild the index") from None
-        if raw.get("format") != FORMAT:
-            raise IndexError_(f"{path} has format {raw.get('format')}, this Lookalike reads {FORMAT}; rebuild the index")
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+            raise IndexError_(f"{path} has format {found}, this Lookalike reads {FORMAT}; rebuild the index")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        try:
+            manifest = cls(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as exc:   # a required field is missing
+            raise IndexError_(f"{path} is incomplete ({exc}); rebuild the index") from None
+        if not isinstance(manifest.items, list) or not isinstance(manifest.pixels_file, str):
+            raise IndexError_(f"{path} is malformed (items or pixels_file); rebuild the index")
+        manifest._check_names(path)
+        return manifest
+
+    def _check_names(self, path: Path) -> None:
+        """Refuse names that would lead outside the index or library folder. An index can come from
+        a Hub dataset repo, so its manifest is input like any other: the files it names are opened
+        (and Chroma's folder created) inside the index folder only, and its images inside the library."""
+        files = [self.pixels_file, (self.embedder or {}).get("file", "x"), (self.chroma or {}).get("path") or "x"]
+        for name in files:
+            if not isinstance(name, str) or not _PLAIN_NAME.match(name):
+                raise IndexError_(f"{path} names the index file {name!r}, which is not a plain file name "
+                                  "inside the index folder; refusing it. Rebuild the index")
+        for item in self.items:
+            rel = item.get("path") if isinstance(item, dict) else None
+            if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
+                raise IndexError_(f"{path} lists the image {rel!r}, which is not a path inside the library; "
+                                  "refusing it. Rebuild the index")
 
     def write(self, index_dir: Path) -> None:
         atomic.write_json(Path(index_dir) / MANIFEST, self.to_json())

@@ -108,11 +108,10 @@ class PreparedMatrix:
         # Compute dtype of the matrix products: float32 for pixels (exact, see the module notes) and
         # for float32 embeddings (used in place, never copied); float64 for anything else.
         self.dtype = np.float32 if (self.pixels or data.dtype == np.float32) else np.float64
-        self._cached: np.ndarray | None = None
-        if data.dtype == self.dtype:
-            self._cached = data
-        elif self.n * self.d * np.dtype(self.dtype).itemsize <= cache_bytes:
-            self._cached = data.astype(self.dtype)
+        # A converted copy is made on the first matrix product that needs it (L1 never does), once.
+        self._cached: np.ndarray | None = data if data.dtype == self.dtype else None
+        self._cache_wanted = self._cached is None and self.n * self.d * np.dtype(self.dtype).itemsize <= cache_bytes
+        self._cache_lock = threading.Lock()
         sums = np.empty(self.n)
         sumsq = np.empty(self.n)
         for start, chunk in self._chunks(np.float64):
@@ -135,6 +134,10 @@ class PreparedMatrix:
         converting at most one chunk at a time; whole=True yields a cached matrix in one piece."""
         dtype = np.dtype(dtype or self.dtype)
         stop = self.n if stop is None else stop
+        if whole and self._cache_wanted and dtype == self.dtype:
+            with self._cache_lock:
+                if self._cached is None:
+                    self._cached = self.data.astype(self.dtype)
         src = self._cached if self._cached is not None and self._cached.dtype == dtype else self.data
         if whole and src.dtype == dtype:
             yield start, src[start:stop]

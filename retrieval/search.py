@@ -151,6 +151,10 @@ class LookalikeIndex:
         rec = self.manifest.chroma
         if not rec:
             raise IndexError_("this index has no Chroma collections; rebuild it with --model")
+        if rec.get("syncing"):
+            raise IndexError_(f"a build of {self.index_dir} stopped while it was updating the Chroma collections, "
+                              "so they may not match this index; rerun build_index.py index to repair them "
+                              "(the exact methods are unaffected)")
         url = self._chroma_url or rec.get("url")
         store = VectorStore.open(path=None if url else self.index_dir / rec["path"], url=url,
                                  prefix=rec["prefix"])
@@ -235,13 +239,14 @@ class LookalikeIndex:
                 for r, (i, s) in enumerate(ranked)]
 
     def search(self, query: ImageSource, method: str = "pixel-l1", k: int = 5,
-               exclude_self: bool = True) -> tuple[list[Hit], float]:
+               exclude_self: bool = True, name: str | None = None) -> tuple[list[Hit], float]:
         """Rank the library for one query image; returns (hits, seconds). The query itself is
-        left out of its own results when its bytes are in the library."""
+        left out of its own results when its bytes are in the library. `name` is how error
+        messages call the query (default: its path), e.g. an upload's own file name."""
         k = check_k(k)
         m = self.parse_method(method)
         t0 = time.perf_counter()
-        image = load_image(query)
+        image = load_image(query, name=name)
         vec = self.query_vectors([image], m.source)
         skip = [self.self_rows(query) if exclude_self else set()]
         hits = self._hits(self.rank(vec, m, k, skip)[0])

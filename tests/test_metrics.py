@@ -99,3 +99,32 @@ def test_real_images_ranking_matches_a_plain_loop(sample_data, sample_pixel_inde
     m = index.parse_method(f"pixel-{metric}")
     ranked = [i for i, _ in index.rank(q[None], m, len(ref))[0]]
     assert ranked[:10] == loop_order[:10]
+
+
+@pytest.mark.parametrize("d", [3, 1026, 2 * 4096 + 7])
+def test_uint8_fast_paths_are_exact_at_the_extremes(monkeypatch, d):
+    """The float32 split products and the uint16-lane L1 equal integer arithmetic exactly, also with
+    all-255 rows (the largest partial sums), widths that are not multiples of 4 or of a block, and
+    the library split over threads."""
+    import retrieval.metrics as metrics
+
+    monkeypatch.setattr(metrics, "PARALLEL_MIN_BYTES", 1)   # force the thread pool even when small
+    rng = np.random.default_rng(4)
+    data = rng.choice(np.array([0, 1, 254, 255], np.uint8), size=(37, d))
+    data[0] = 255
+    data[1] = 0
+    qs = np.stack([np.full(d, 255, np.uint8), np.zeros(d, np.uint8), rng.integers(0, 256, d, dtype=np.uint8)])
+    m = PreparedMatrix(data, threads=3, chunk_bytes=4 * d)
+    ints, q_ints = data.astype(np.int64), qs.astype(np.int64)
+    np.testing.assert_array_equal(m.scores(qs, "l1"), np.abs(ints[None] - q_ints[:, None]).sum(axis=2))
+    np.testing.assert_array_equal(m._dots(qs), q_ints @ ints.T)
+    np.testing.assert_array_equal(m.scores(qs, "l2"), ((ints[None] - q_ints[:, None]) ** 2).sum(axis=2) / d)
+
+
+def test_float_queries_against_pixels_take_the_float64_path():
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, size=(20, 300), dtype=np.uint8)
+    q = rng.integers(0, 256, size=300).astype(np.float64) + 0.5
+    m = PreparedMatrix(data)
+    for metric in METRICS:
+        assert_close(m.scores(q, metric), reference_scores(data, q, metric))

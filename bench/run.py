@@ -1,0 +1,265 @@
+"""The benchmark suite: run every benchmark and write bench/RESULTS.md.
+
+    python -m bench                      # every default benchmark at full size (see docs/readme-bench.md)
+    python -m bench --quick              # small sizes, a few minutes: proves everything runs
+    python -m bench --only pixel_query vectors --set vectors.sizes=[10000,100000]
+    python -m bench --only vectors_1m    # the 1M-vector Chroma build (hours on 2 cores; not in the default set)
+    python -m bench --list
+
+Each benchmark runs in its own child process (so peak-memory figures and thread settings of one
+cannot leak into the next), calls its module's `run(**config)` and hands back a result dict. Results
+are kept one JSON file per benchmark under bench/results/, and RESULTS.md is re-rendered atomically
+from all of them after every benchmark: a partial run (--only) updates its own sections and keeps
+the others, each section saying when and in which mode it ran. Children's logs go to a temp folder.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, machine, mark, now, render, stop_process
+
+from retrieval import atomic
+
+BENCH = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH / "results"
+RESULTS_MD = BENCH / "RESULTS.md"
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One suite entry: a module with run(**config), its full and quick configs."""
+
+    name: str
+    module: str
+    full: dict[str, Any] = field(default_factory=dict)
+    quick: dict[str, Any] = field(default_factory=dict)
+    default: bool = True          # part of a plain `python -m bench`
+    script_args: tuple[str, ...] | None = None   # a script without run(): its printout is the result
+    quick_script_args: tuple[str, ...] | None = None
+
+
+SUITE: tuple[Bench, ...] = (
+    Bench("pixel_query", "pixel_query", full={"queries": 30, "seed_queries": 3},
+          quick={"queries": 10, "seed_queries": 1}),
+    Bench("pixel_sizes", "pixel_sizes", full={}, quick={"sizes": (16, 32)}),
+    Bench("clip_query", "clip_query", full={"seed_queries": 2, "queries": 20},
+          quick={"seed_queries": 1, "queries": 5, "library_limit": 30}),
+    Bench("build_vs_seed", "build_vs_seed", full={"limit": 128, "repeats": 3},
+          quick={"limit": 16, "repeats": 1, "models": ("effnet",)}),
+    Bench("inference", "inference", full={"batch_sizes": (1, 16, 64), "e2e_images": 96},
+          quick={"models": ("effnet",), "batch_sizes": (1, 16), "threads": (2,), "try_compile": False,
+                 "e2e_images": 32, "seconds": 1.0, "repeats": 1, "policy_probe": False}),
+    Bench("fashion_mnist", "fashion", full={"test": 500},
+          quick={"train": 3000, "test": 100, "backbone_train": 200, "throughput_images": 64, "latency_queries": 20}),
+    Bench("vectors", "vectors", full={"sizes": (10_000, 100_000), "server_n": 100_000,
+                                      "exact_sizes": (10_000, 100_000, 1_000_000)},
+          quick={"sizes": (2_000, 10_000), "server_n": 5_000, "exact_sizes": (10_000, 100_000), "queries": 50,
+                 "ef_sweep": (100, 400)}),
+    Bench("vectors_1m", "vectors", full={"sizes": (10_000, 100_000, 1_000_000), "server_n": 0,
+                                         "exact_sizes": (10_000, 100_000, 1_000_000), "name": "vectors_1m",
+                                         "ef_sweep": (200, 400, 800, 1600, 3200)}, default=False),
+    Bench("streaming", "streaming", full={}, quick={"sizes": (64, 256), "side": 1024}),
+    Bench("gpu", "gpu", full={}, quick={"limit": 16, "batch": 8, "seconds": 1.0}),
+    # The app engineer's script (no run()): its printout is kept as is. It builds an effnet index of
+    # the sample library first (minutes on 2 cores), so quick runs leave it out.
+    Bench("app_latency", "app_latency", script_args=()),
+)
+BY_NAME = {b.name: b for b in SUITE}
+
+
+# -- child side --------------------------------------------------------------------------------
+def run_child(name: str, mode: str, out: Path, overrides: dict[str, Any]) -> int:
+    """Run one benchmark in this process and write its result (or its failure) to `out`."""
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    b = BY_NAME[name]
+    config = {**(b.quick if mode == "quick" else b.full), **overrides}
+    t0 = time.perf_counter()
+    try:
+        mod = importlib.import_module(b.module)
+        res = mod.run(**config)
+        code = 0
+    except Exception:
+        res = {"name": name, "title": name, "config": config, "started": now(), "tables": [], "checks": [],
+               "notes": [], "figures": {}, "error": traceback.format_exc()}
+        code = 1
+    res.setdefault("seconds", round(time.perf_counter() - t0, 1))
+    res["name"], res["mode"], res["machine"] = name, mode, machine()
+    atomic.write_json(out, res)
+    return code
+
+
+def run_script(b: Bench, mode: str, log: Path, env: dict[str, str]) -> dict[str, Any]:
+    """A benchmark without run(): run the script and keep its printout as the result."""
+    args = b.quick_script_args if mode == "quick" else b.script_args
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, str(BENCH / f"{b.module}.py"), *args], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
+    res = {"name": b.name, "title": f"{b.module}.py (its own printout)", "config": {"args": list(args)},
+           "started": now(), "seconds": round(time.perf_counter() - t0, 1), "tables": [], "checks": [],
+           "notes": [], "figures": {}, "transcript": proc.stdout, "mode": mode,
+           "machine": {**machine(), "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY")}}
+    if proc.returncode != 0:
+        res["error"] = f"exit status {proc.returncode}; see {log}\n" + log.read_text()[-3000:]
+    return res
+
+
+# -- parent side -------------------------------------------------------------------------------
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """--set NAME.key=JSON -> {NAME: {key: value}} (a bare word that is not JSON is a string)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        name, dot, key = target.partition(".")
+        if not sep or not dot or name not in BY_NAME:
+            raise SystemExit(f"--set {item!r}: expected NAME.key=VALUE with NAME one of {', '.join(BY_NAME)}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(name, {})[key] = parsed
+    return out
+
+
+def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for b in SUITE:
+        path = results_dir / f"{b.name}.json"
+        if path.is_file():
+            try:
+                out[b.name] = json.loads(path.read_text("utf-8"))
+            except ValueError:
+                pass
+    return out
+
+
+def render_all(results: dict[str, dict[str, Any]], command: str) -> str:
+    """The whole RESULTS.md: machine, versions, a table of every target, then each section."""
+    lines = ["# Lookalike benchmark results", "",
+             "Written by `python -m bench` (bench/run.py); do not edit by hand. Every figure is a median over "
+             "repeated runs unless its table says otherwise, and every ratio is against a baseline measured in "
+             "the same run on the same machine. How to run and read these: docs/readme-bench.md.", "",
+             f"Last command: `{command}` ({now()}).", ""]
+    latest = max(results.values(), key=lambda r: r.get("started", ""), default=None)
+    if latest and latest.get("machine"):
+        m = latest["machine"]
+        versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+        lines += ["## Machine", "",
+                  f"- {m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('memory_gb')} GB RAM, "
+                  f"GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
+                  f"- {versions}",
+                  f"- Benchmark processes ran with OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')} (see the inference "
+                  "section for why).",
+                  "- Load average when each section started is in its footer: this machine is shared, and "
+                  "other jobs running at the same time slow every figure (the ratios less so, since both "
+                  "sides of a ratio are measured back to back).", ""]
+    checks = [(name, c) for name, r in results.items() for c in r.get("checks", [])]
+    if checks:
+        lines += ["## Targets", "", "| benchmark | target | required | this run | |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {c['what']} | {c['target']} | {c['value']} | {mark(c['met'])} |" for name, c in checks]
+        lines.append("")
+    for b in SUITE:
+        r = results.get(b.name)
+        if r is None:
+            continue
+        lines.append(render(r, level=2).rstrip())
+        m = r.get("machine") or {}
+        lines += ["", f"<sub>{r.get('mode', '?')} mode; load average at start {m.get('load_average')}; "
+                      f"torch threads {m.get('torch_threads')}; config `{json.dumps(r.get('config'), default=str)}`</sub>", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes: the whole suite in a few minutes")
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these benchmarks")
+    ap.add_argument("--skip", nargs="+", default=[], metavar="NAME", help="leave these out")
+    ap.add_argument("--set", nargs="+", default=[], metavar="NAME.key=VALUE", help="override a config value")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of per-benchmark JSON results")
+    ap.add_argument("--out", type=Path, default=RESULTS_MD, help="the Markdown report (default bench/RESULTS.md)")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                    help="OMP_WAIT_POLICY for the benchmark processes (default PASSIVE; '' leaves it unset). "
+                         "On a shared machine the default spinning policy makes every torch parallel region "
+                         "wait for descheduled threads (bench/inference.py measures both)")
+    ap.add_argument("--list", action="store_true", help="list the benchmarks and their configs")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run `finally:` blocks on kill
+    if args.child:
+        return run_child(args.child, mode, args.json, json.loads(args.overrides))
+    if args.list:
+        for b in SUITE:
+            script = b.script_args is not None
+            print(f"{b.name:14} {'default' if b.default else 'opt-in ':8} "
+                  f"full={list(b.script_args) if script else b.full} quick={list(b.quick_script_args or ()) if script else b.quick}")
+        return 0
+    unknown = [n for n in (args.only or []) + args.skip if n not in BY_NAME]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BY_NAME)}")
+    chosen = [b for b in SUITE if (b.name in args.only if args.only else b.default) and b.name not in args.skip]
+    sets = parse_sets(args.set)
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    logs = Path(tempfile.mkdtemp(prefix="lookalike-bench-logs-"))
+    env = dict(os.environ)
+    if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    args.results.mkdir(parents=True, exist_ok=True)
+    print(f"{len(chosen)} benchmarks ({mode}); logs in {logs}", flush=True)
+    failed = []
+    t_suite = time.perf_counter()
+    for b in chosen:
+        t0 = time.perf_counter()
+        print(f"-> {b.name} ...", end=" ", flush=True)
+        log = logs / f"{b.name}.log"
+        if b.script_args is not None and args.quick and b.quick_script_args is None:
+            print("skipped in quick mode")
+            continue
+        if b.script_args is not None:
+            res = run_script(b, mode, log, env)
+        else:
+            out = logs / f"{b.name}.json"
+            cmd = [sys.executable, "-m", "bench", "--child", b.name, "--json", str(out),
+                   "--overrides", json.dumps(sets.get(b.name, {}))] + (["--quick"] if args.quick else [])
+            with open(log, "w") as fh:
+                child = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+                try:
+                    code = child.wait()
+                finally:   # interrupted (Ctrl-C, SIGTERM): do not leave the benchmark running
+                    if child.poll() is None:
+                        stop_process(child)
+            if out.is_file():
+                res = json.loads(out.read_text("utf-8"))
+            else:   # killed (memory?) before it could write anything
+                res = {"name": b.name, "title": b.name, "config": sets.get(b.name, {}), "started": now(),
+                       "mode": mode, "tables": [], "checks": [], "notes": [], "figures": {},
+                       "error": f"the child exited with status {code} and wrote no result; log {log}:\n"
+                                + log.read_text()[-3000:]}
+        if res.get("error"):
+            failed.append(b.name)
+        atomic.write_json(args.results / f"{b.name}.json", res)
+        atomic.write_bytes(args.out, render_all(load_results(args.results), command).encode("utf-8"))
+        print(f"{'FAILED' if res.get('error') else 'ok'} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"suite took {time.perf_counter() - t_suite:.0f} s; wrote {args.out}"
+          + (f"; failed: {', '.join(failed)} (see {logs})" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Launching the Gradio app for tests: in-process on 127.0.0.1, with a gradio_client Client.
+
+Shared by tests/test_app.py and tests/test_reliability.py. The caller closes the demo
+(`demo.close()`), normally in a fixture's teardown.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+from gradio_client import Client
+
+from retrieval.app_ui import serve
+from retrieval.search import LookalikeIndex
+
+
+def launch(index_dir: Path) -> tuple[gr.Blocks, SimpleNamespace]:
+    """Open the index and serve it; returns (demo, namespace with index, url and client)."""
+    index = LookalikeIndex.open(index_dir)
+    demo, url = serve(index)
+    return demo, SimpleNamespace(index=index, url=url, client=Client(url, verbose=False))

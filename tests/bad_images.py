@@ -1,0 +1,275 @@
+"""A generated corpus of bad and awkward images, each with the outcome every stage must give it.
+
+Nothing here is a hand-picked file: every case is built from scratch with Pillow or by hand (a
+PNG header, an HTML page), so the corpus is the same on every machine. Each `Case` says whether
+`retrieval.images.load_image` must accept it (and what must then hold: RGB out, rotation applied,
+first frame taken, transparency on white) or reject it (and which words the message carries), and
+what the cleaner does with it (a 49x49 image is a valid image but too small for the library).
+
+    python tests/bad_images.py OUT_DIR        # write the corpus to OUT_DIR and print the table
+
+tests/test_reliability.py runs every stage over it: library scan + index build, cleaner, CLI
+search, app upload and the downloader.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+RED, BLUE, WHITE = (220, 20, 20), (20, 20, 220), (255, 255, 255)
+BOMB_SIDE = 30000          # declared 30000 x 30000 = 900 Mpx, about 2.7 GB decoded as RGB
+HUGE_SIZE = (8000, 6000)   # 48 Mpx: large but legitimate (a modern phone photo)
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _halves(size: tuple[int, int], left: tuple[int, ...], right: tuple[int, ...], mode: str = "RGB") -> Image.Image:
+    """Left half one colour, right half another: orientation and transparency are visible."""
+    img = Image.new(mode, size, left)
+    img.paste(right, (size[0] // 2, 0, size[0], size[1]))
+    return img
+
+
+def _png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc & 0xFFFFFFFF)
+
+
+# -- the files -------------------------------------------------------------------------------------
+
+def zero_bytes() -> bytes:
+    return b""
+
+
+def text_as_jpg() -> bytes:
+    return b"Shopping list:\n- milk\n- eggs\nThis is a text file that was renamed to .jpg.\n"
+
+
+def truncated_jpeg() -> bytes:
+    data = _encode(_halves((320, 240), RED, BLUE), "JPEG", quality=90)
+    return data[: len(data) // 2]
+
+
+def png_bad_crc() -> bytes:
+    """A valid PNG whose IDAT chunk had a byte flipped in transit: its CRC no longer matches."""
+    good = _encode(_halves((64, 64), RED, BLUE), "PNG")
+    pos = good.index(b"IDAT") + 4 + 10           # a byte inside the IDAT data
+    return good[:pos] + bytes([good[pos] ^ 0xFF]) + good[pos + 1:]
+
+
+def svg() -> bytes:
+    return (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="200" height="200">'
+            b'<circle cx="100" cy="100" r="80" fill="red"/></svg>\n')
+
+
+def html_error_page() -> bytes:
+    return (b"<!DOCTYPE html>\n<html><head><title>403 Forbidden</title></head>\n<body><h1>Forbidden</h1>"
+            b"<p>You don't have permission to access this resource.</p><hr><address>nginx</address></body></html>\n")
+
+
+def decompression_bomb() -> bytes:
+    """A real PNG header declaring 30000x30000 RGB, with one tiny compressed row: 69 bytes on disk."""
+    ihdr = struct.pack(">IIBBBBB", BOMB_SIDE, BOMB_SIDE, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\0" * (1 + 3 * 64))) + _png_chunk(b"IEND", b""))
+
+
+def huge_legit() -> bytes:
+    """8000x6000 JPEG (48 Mpx): the left half red, the right half blue, a white disc in the middle."""
+    small = _halves((800, 600), RED, BLUE)
+    ImageDraw.Draw(small).ellipse((300, 200, 500, 400), fill=WHITE)
+    return _encode(small.resize(HUGE_SIZE, Image.Resampling.NEAREST), "JPEG", quality=80)
+
+
+def one_by_one() -> bytes:
+    return _encode(Image.new("RGB", (1, 1), RED), "PNG")
+
+
+def forty_nine() -> bytes:
+    return _encode(_halves((49, 49), RED, BLUE), "JPEG", quality=95)
+
+
+def cmyk_jpeg() -> bytes:
+    """CMYK (0, 255, 255, 0) is red; many print-shop and stock photos are CMYK JPEGs."""
+    return _encode(Image.new("CMYK", (96, 64), (0, 255, 255, 0)), "JPEG", quality=95)
+
+
+def png16() -> bytes:
+    """16-bit greyscale: a horizontal ramp 0..65535 (a scanner or a scientific camera)."""
+    ramp = np.tile(np.linspace(0, 65535, 128).astype(np.uint16), (64, 1))
+    return _encode(Image.fromarray(ramp), "PNG")
+
+
+def png16_dark() -> bytes:
+    """16-bit greyscale whose values all stay below 256 (a dark exposure): still nearly black."""
+    ramp = np.tile(np.linspace(0, 200, 128).astype(np.uint16), (64, 1))
+    return _encode(Image.fromarray(ramp), "PNG")
+
+
+def palette_transparent() -> bytes:
+    """Palette PNG: left half transparent (index 0), right half opaque blue."""
+    img = Image.new("P", (80, 60), 0)
+    img.putpalette([0, 0, 0, *BLUE] + [0] * (254 * 3))
+    img.paste(1, (40, 0, 80, 60))
+    return _encode(img, "PNG", transparency=0)
+
+
+def la_png() -> bytes:
+    """Grey + alpha: left half transparent black, right half opaque mid grey."""
+    return _encode(_halves((80, 60), (0, 0), (128, 255), mode="LA"), "PNG")
+
+
+def animated_gif() -> bytes:
+    """Three frames: red, blue, green. The first frame must be the one used."""
+    frames = [Image.new("RGB", (80, 60), c).convert("P") for c in (RED, BLUE, (20, 200, 20))]
+    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def webp() -> bytes:
+    return _encode(_halves((96, 64), RED, BLUE), "WEBP", quality=90)
+
+
+def webp_alpha() -> bytes:
+    """WebP with transparency: left half transparent, right half opaque blue."""
+    return _encode(_halves((96, 64), (0, 0, 0, 0), (*BLUE, 255), mode="RGBA"), "WEBP", lossless=True)
+
+
+def exif_rotated() -> bytes:
+    """Stored 120x60 (left red, right blue) with EXIF Orientation 6: shown rotated 90 degrees
+    clockwise, i.e. 60x120 with red on top."""
+    img = _halves((120, 60), RED, BLUE)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _encode(img, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def png_named_jpg() -> bytes:
+    return _encode(_halves((80, 60), RED, BLUE), "PNG")
+
+
+# -- what must hold for accepted files ----------------------------------------------------------------
+
+def _near(pixel: tuple[int, ...], want: tuple[int, ...], tol: int = 40) -> bool:
+    return all(abs(int(a) - int(b)) <= tol for a, b in zip(pixel, want))
+
+
+def _check(size: tuple[int, int] | None = None, **points: tuple[tuple[float, float], tuple[int, int, int]]):
+    """A check: RGB, optional exact size, and colours at fractional (x, y) positions."""
+    def check(img: Image.Image) -> None:
+        assert img.mode == "RGB", img.mode
+        if size is not None:
+            assert img.size == size, img.size
+        for label, ((fx, fy), want) in points.items():
+            xy = (min(img.width - 1, int(fx * img.width)), min(img.height - 1, int(fy * img.height)))
+            got = img.getpixel(xy)
+            assert _near(got, want), f"{label}: pixel {xy} is {got}, expected about {want}"
+    return check
+
+
+def _ramp_check(peak: int):
+    def check(img: Image.Image) -> None:
+        assert img.mode == "RGB" and img.size == (128, 64)
+        row = np.asarray(img)[0, :, 0].astype(int)
+        assert row[0] <= 2 and abs(row[-1] - peak) <= 2, (row[0], row[-1])
+        assert np.all(np.diff(row) >= 0), "the ramp must stay monotonic"
+    return check
+
+
+@dataclass(frozen=True)
+class Case:
+    """One file of the corpus and the outcome every stage must give it."""
+
+    name: str                     # file name, extension as a user or a web server would give it
+    what: str                     # one line for the README table
+    make: Callable[[], bytes]
+    accepted: bool                # load_image returns an image (True) or raises ImageError (False)
+    message: str = ""             # rejected: a regex the ImageError message must match
+    check: Callable[[Image.Image], None] | None = None   # accepted: what must hold
+    clean: str = "ok"             # the cleaner's verdict: ok, too_small, too_large, corrupt or not_image
+    content_type: str = "image/jpeg"   # what the downloader test's server sends with it
+    library: bool = True          # has an image extension, so the library scan lists it
+
+
+CASES: tuple[Case, ...] = (
+    Case("zero-bytes.jpg", "zero-byte file", zero_bytes, False, r"empty \(0 bytes\)", clean="not_image"),
+    Case("text.jpg", "text file named .jpg", text_as_jpg, False, "not an image", clean="not_image"),
+    Case("truncated.jpg", "truncated JPEG (first half only)", truncated_jpeg, False, "corrupt or truncated",
+         clean="corrupt"),
+    Case("bad-crc.png", "PNG with a corrupt IDAT chunk (CRC mismatch)", png_bad_crc, False,
+         "corrupt or truncated", clean="corrupt", content_type="image/png"),
+    Case("drawing.svg", "SVG (vector, not decoded)", svg, False, "not an image", clean="not_image",
+         content_type="image/svg+xml", library=False),
+    Case("error-page.jpg", "HTML error page saved as .jpg", html_error_page, False, "not an image",
+         clean="not_image"),
+    Case("bomb.png", f"decompression bomb: PNG declaring {BOMB_SIDE}x{BOMB_SIDE} (900 Mpx)", decompression_bomb,
+         False, "too large|decompression bomb", clean="too_large", content_type="image/png"),
+    Case("huge-8000x6000.jpg", "huge legitimate JPEG 8000x6000 (48 Mpx)", huge_legit, True,
+         check=_check(HUGE_SIZE, left=((0.1, 0.1), RED), right=((0.9, 0.1), BLUE), middle=((0.5, 0.5), WHITE))),
+    Case("1x1.png", "1x1 image", one_by_one, True, check=_check((1, 1), only=((0, 0), RED)), clean="too_small",
+         content_type="image/png"),
+    Case("49x49.jpg", "49x49 image (below the cleaner's 50 px)", forty_nine, True,
+         check=_check((49, 49), left=((0.1, 0.5), RED), right=((0.9, 0.5), BLUE)), clean="too_small"),
+    Case("cmyk.jpg", "CMYK JPEG", cmyk_jpeg, True, check=_check((96, 64), centre=((0.5, 0.5), (255, 0, 0)))),
+    Case("gray16.png", "16-bit greyscale PNG (ramp 0..65535)", png16, True, check=_ramp_check(255),
+         content_type="image/png"),
+    Case("gray16-dark.png", "16-bit greyscale PNG, dark (all values < 256)", png16_dark, True,
+         check=_ramp_check(1), content_type="image/png"),
+    Case("palette-alpha.png", "palette PNG with a transparent colour", palette_transparent, True,
+         check=_check((80, 60), transparent=((0.2, 0.5), WHITE), opaque=((0.8, 0.5), BLUE)),
+         content_type="image/png"),
+    Case("gray-alpha.png", "LA (grey + alpha) PNG", la_png, True,
+         check=_check((80, 60), transparent=((0.2, 0.5), WHITE), opaque=((0.8, 0.5), (128, 128, 128))),
+         content_type="image/png"),
+    Case("animated.gif", "animated GIF, 3 frames (red, blue, green)", animated_gif, True,
+         check=_check((80, 60), first_frame=((0.5, 0.5), RED)), content_type="image/gif"),
+    Case("photo.webp", "WebP", webp, True, check=_check((96, 64), left=((0.1, 0.5), RED), right=((0.9, 0.5), BLUE)),
+         content_type="image/webp"),
+    Case("alpha.webp", "WebP with transparency", webp_alpha, True,
+         check=_check((96, 64), transparent=((0.1, 0.5), WHITE), opaque=((0.9, 0.5), BLUE)),
+         content_type="image/webp"),
+    Case("exif-rotated.jpg", "EXIF-rotated JPEG (Orientation 6)", exif_rotated, True,
+         check=_check((60, 120), top=((0.5, 0.1), RED), bottom=((0.5, 0.9), BLUE))),
+    Case("png-named.jpg", "PNG bytes with a .jpg name", png_named_jpg, True,
+         check=_check((80, 60), left=((0.1, 0.5), RED), right=((0.9, 0.5), BLUE))),
+)
+
+ACCEPTED = tuple(c for c in CASES if c.accepted)
+REJECTED = tuple(c for c in CASES if not c.accepted)
+
+
+def write_corpus(folder: Path) -> dict[str, Path]:
+    """Write every case into `folder`; returns {case name: path}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for case in CASES:
+        (folder / case.name).write_bytes(case.make())
+        out[case.name] = folder / case.name
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    paths = write_corpus(Path(argv[0]))
+    for case in CASES:
+        verdict = "accepted" if case.accepted else f"rejected ({case.message})"
+        print(f"{case.name}\t{paths[case.name].stat().st_size} B\t{verdict}\t{case.what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
