@@ -58,6 +58,12 @@ def rate(count: int, seconds: float) -> float:
 
 
 # -- memory -----------------------------------------------------------------------------------
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all threads (native ones included)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process over its lifetime (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -130,13 +136,15 @@ class PeakMemory:
 
 def in_child(module: str, func: str, env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Call bench/<module>.py's func(**kwargs) in a fresh Python process and return its JSON-able
-    dict, plus "peak_mb": the child's lifetime peak resident memory (imports and model included).
+    dict, plus "peak_mb": the child's lifetime peak resident memory (imports and model included), and
+    "cpu_s": the CPU seconds it used (all threads), a figure that other jobs on the machine hardly move.
 
     A fresh process gives a clean memory figure (nothing left over from earlier phases) and lets a
     phase run under other environment settings (such as OMP_WAIT_POLICY, read once at start-up).
     """
     code = (f"import json, sys; sys.path[:0] = [{str(BENCH)!r}, {str(ROOT)!r}]; import common, {module} as m; "
             f"r = m.{func}(**json.loads(sys.argv[1])); r['peak_mb'] = common.hwm_mb() or common.peak_rss_mb(); "
+            "r['cpu_s'] = common.cpu_seconds(); "
             "print(); print(json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, **(env or {})})

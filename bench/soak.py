@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from common import ROOT, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library
+from common import ROOT, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library, stop_process
 
 from retrieval.images import load_image
 from retrieval.library import scan_split
@@ -250,12 +250,7 @@ def run(index: Path | None = None, clients: int = 20, seconds: float = 60.0, max
             rss_end, peak = rss_mb(proc.pid), hwm_mb(proc.pid)
         finally:
             stop.set()
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         server_log = log_path.read_text(errors="replace")
         tracebacks = server_log.count("Traceback (most recent call last)")
 
