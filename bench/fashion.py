@@ -141,19 +141,19 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
         slope_mb = (builds[sub_n]["peak_mb"] - builds[small_n]["peak_mb"]) / max(1, sub_n - small_n)
         full_s = builds[sub_n]["seconds"] + slope_s * (n_lib - sub_n)
         full_mb = builds[sub_n]["peak_mb"] + max(0.0, slope_mb) * (n_lib - sub_n)
-        build_rows = [["pixels only (28x28)", f"{n_lib:,}", f"{px['seconds']:.0f}", f"{n_lib / px['seconds']:.0f}",
-                       f"{px['peak_mb']:.0f}", "measured"]]
+        build_rows = [["pixels only (28x28)", f"{n_lib:,}", f"{px['seconds']:.0f}", f"{px['cpu_s']:.0f}",
+                       f"{n_lib / px['seconds']:.0f}", f"{px['peak_mb']:.0f}", "measured"]]
         for n in (small_n, sub_n):
             b = builds[n]
-            build_rows.append([f"pixels + effnet + Chroma (2 spaces)", f"{n:,}", f"{b['seconds']:.0f}",
+            build_rows.append(["pixels + effnet + Chroma (2 spaces)", f"{n:,}", f"{b['seconds']:.0f}", f"{b['cpu_s']:.0f}",
                                f"{n / b['seconds']:.1f}", f"{b['peak_mb']:.0f}", "measured"])
         if sub_n < n_lib:
-            build_rows.append([f"pixels + effnet + Chroma (2 spaces)", f"{n_lib:,}", f"{full_s:.0f}",
+            build_rows.append(["pixels + effnet + Chroma (2 spaces)", f"{n_lib:,}", f"{full_s:.0f}", "",
                                f"{n_lib / full_s:.1f}", f"{full_mb:.0f}",
                                f"**extrapolated** linearly from the {small_n:,} and {sub_n:,} builds"])
         add_table(res, f"Index builds (`build_index`, batch {batch_size} for the model), each in a fresh process; "
                        "peak is that process's resident peak memory (Python, torch, the model and Chroma included).",
-                  ["index", "images", "build (s)", "images/s", "peak RSS (MB)", ""], build_rows)
+                  ["index", "images", "build (s)", "CPU (s)", "images/s", "peak RSS (MB)", ""], build_rows)
         add_table(res, f"Backbone throughput: effnet (efficientnet-lite0, 224x224 from the 28x28 greyscale PNGs "
                        f"upsampled by its preprocessing) end to end over {n_done} library files.",
                   ["images", "img/s", f"time for all {n_lib:,} (estimate)"],

@@ -1,6 +1,6 @@
 """The benchmark scripts run: the suite runner end to end on one tiny benchmark, the vector and GPU
 benchmarks at their smallest sizes. Nothing here asserts a timing; the suite itself is
-`python -m bench` (docs/readme-bench.md)."""
+`python -m bench` (README.md, "Benchmarks")."""
 from __future__ import annotations
 
 import json

@@ -8,7 +8,7 @@
   the Chroma sync and the manifest, a download and a crawl killed midway, disk full and read-only
   index folders (simulated by patching the writer, and for real on a tmpfs / read-only bind mount
   when the tests run as root and may mount), and 20 concurrent users for 10 s (bench/soak.py; the
-  60 s figures in docs/readme-reliability.md come from the same script).
+  60 s figures in README.md, "Reliability" come from the same script).
 - Security: tokens never logged or written, manifests that name paths outside their folders,
   download schemes, bounded inputs.
 

@@ -32,7 +32,7 @@ from ..images import flatten_to_rgb, load_image
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"   # reasoning: docs/readme-models.md
+DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"   # reasoning: README.md, "Deep search"
 BACKBONE_NAMES = frozenset({"effnet", "efficientnet-lite0", "effnet:efficientnet-lite0"})
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
