@@ -24,14 +24,18 @@ def sample_data(tmp_path_factory) -> Path:
     return out
 
 
+def _index_sample(sample_data: Path, tmp_path_factory, model: str) -> Path:
+    from retrieval.indexing import build_index
+
+    index = tmp_path_factory.mktemp(f"sample-{model}") / "index"
+    build_index(sample_data, index, model=model)
+    return index
+
+
 @pytest.fixture(scope="session")
 def sample_pixel_index(sample_data, tmp_path_factory) -> Path:
     """A pixel-only index of the sample library (no model), built once per session."""
-    from retrieval.indexing import build_index
-
-    index = tmp_path_factory.mktemp("sample-index") / "index"
-    build_index(sample_data, index, model="none")
-    return index
+    return _index_sample(sample_data, tmp_path_factory, "none")
 
 
 def make_tiny_library(root: Path, classes: dict[str, tuple[int, int, int]] | None = None,
@@ -86,8 +90,4 @@ def clip_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_effnet_index(sample_data, tmp_path_factory) -> Path:
     """The sample library indexed with the offline backbone (embeddings + Chroma + evaluation)."""
-    from retrieval.indexing import build_index
-
-    index = tmp_path_factory.mktemp("sample-effnet") / "index"
-    build_index(sample_data, index, model="effnet")
-    return index
+    return _index_sample(sample_data, tmp_path_factory, "effnet")
