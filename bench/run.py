@@ -61,6 +61,7 @@ SUITE: tuple[Bench, ...] = (
     Bench("inference", "inference", full={"batch_sizes": (1, 16, 64), "e2e_images": 96},
           quick={"models": ("effnet",), "batch_sizes": (1, 16), "threads": (2,), "try_compile": False,
                  "e2e_images": 32, "seconds": 1.0, "repeats": 1, "policy_probe": False}),
+    Bench("decode", "decode", full={}, quick={"models": ("effnet",), "photos": 16, "big": 2, "repeats": 1}),
     Bench("fashion_mnist", "fashion", full={"test": 500},
           quick={"train": 3000, "test": 100, "backbone_train": 200, "throughput_images": 64, "latency_queries": 20}),
     Bench("vectors", "vectors", full={"sizes": (10_000, 100_000), "server_n": 100_000,

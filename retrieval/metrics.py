@@ -33,7 +33,7 @@ import numpy as np
 
 EPS = float(np.finfo(float).eps)  # the seed's guard against division by zero
 DEFAULT_CACHE_BYTES = 1 << 30
-DEFAULT_CHUNK_BYTES = 1 << 20      # rows per step: small enough to stay in cache
+DEFAULT_CHUNK_BYTES = 4 << 20      # rows per step: fits in cache, large enough to amortise numpy calls
 EXACT_BLOCK = 4096                 # 4096 * 255 * 15 < 2**24: a float32 partial sum stays exact
 LANE_WORDS = 256                   # 256 * 255 < 2**16: a 16-bit lane summed over 256 words cannot carry
 PARALLEL_MIN_BYTES = 8 << 20       # below this a pool costs more than it saves

@@ -101,6 +101,19 @@ def test_gpu_script_runs_on_cpu(tmp_path):
     assert res["checks"][0]["met"] is None                                   # the GPU target is not judged on CPU
 
 
+def test_decode_benchmark_smallest(tmp_path, monkeypatch):
+    """bench/decode.py on a tiny library: both paths run, the big JPEGs are made, vectors agree."""
+    import decode
+
+    monkeypatch.setattr(decode, "CACHE", tmp_path / "cache")
+    data = make_tiny_library(tmp_path / "data", n_train=2, n_test=0)
+    res = decode.run(models=("effnet",), photos=2, big=1, repeats=1, data=str(data))
+    check_result(res, "decode")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["big000.jpg"]
+    for fig in res["figures"].values():
+        assert fig["baseline_ms"] > 0 and fig["ours_ms"] > 0 and fig["cos_mean"] > 0.9
+
+
 def test_peak_memory_sees_an_allocation():
     """In a fresh process (here, freed memory kept by the allocator could hide a new block)."""
     code = ("import sys, numpy as np; sys.path.insert(0, 'bench'); import common\n"

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ImageError, ModelError
 from ..images import flatten_to_rgb, load_image
+from .preprocessing import split_transform
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class Embedder(abc.ABC):
             model = model.to(memory_format=torch.channels_last)
         self.model = model.eval()
         self.preprocess = preprocess
+        # Per image only the PIL steps; ToTensor + Normalize run once per batch in _embed.
+        self.split = split_transform(preprocess)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, dim={self.dim}, device={self.device})"
@@ -81,13 +84,19 @@ class Embedder(abc.ABC):
 
     # -- shared behaviour --------------------------------------------------------------------
     def _prepare(self, img: Image.Image) -> torch.Tensor:
-        return self.preprocess(img if img.mode == "RGB" else flatten_to_rgb(img))
+        """(3, H, W): uint8 when the transform splits (normalised later, per batch), else float."""
+        img = img if img.mode == "RGB" else flatten_to_rgb(img)
+        return self.split.to_uint8(img) if self.split else self.preprocess(img)
 
     def _embed(self, batch: torch.Tensor) -> np.ndarray:
-        """One model call on a stacked batch -> normalised float32 rows on the CPU."""
+        """One model call on a stacked batch (uint8 from _prepare, or float already normalised)
+        -> normalised float32 rows on the CPU."""
         step = len(batch) if self.device.type == "cuda" else self.cpu_batch
         with torch.inference_mode():
-            x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
+            if batch.dtype == torch.uint8:
+                x = self.split.normalise(batch.to(device=self.device, non_blocking=True), self.dtype)
+            else:
+                x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             feats = torch.cat([self._image_features(x[i:i + step]) for i in range(0, len(x), step)])
@@ -110,7 +119,7 @@ class Embedder(abc.ABC):
             return F.normalize(feats, dim=-1).cpu().numpy()
 
     def _decode(self, path: Path) -> torch.Tensor:
-        return self._prepare(load_image(path))
+        return self._prepare(load_image(path, draft=self.split.draft_size if self.split else None))
 
     def encode_files(self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 2,
                      progress: bool = True) -> Iterator[tuple[list[int], np.ndarray]]:

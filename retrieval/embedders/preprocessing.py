@@ -1,0 +1,71 @@
+"""Split a model's image transform into a per-image PIL part and a batched tensor part.
+
+timm and open_clip both hand us a torchvision Compose that ends in ToTensor + Normalize. Run per
+image (as they are written), those two steps cost more than the resize on a 2-vCPU machine; done
+once on the stacked uint8 batch (scale and shift per channel) they cost a fraction, and a uint8
+batch is a quarter of the bytes to move to a GPU. The PIL part (resize, crop, RGB) is kept as is, so
+the pixels the model sees are the ones its authors' transform makes (checked in the tests to 1e-6).
+
+The first Resize's target also gives the JPEG draft size: PIL's decoder can scale by 1/2, 1/4 or
+1/8 while decoding (DCT scaling) and still return at least that many pixels per side, so a 12 Mpx
+phone photo is never decoded whole just to become 224x224.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+PilStep = Callable[[Image.Image], Image.Image]
+_TO_TENSOR = {"ToTensor", "MaybeToTensor"}
+
+
+@dataclass(frozen=True)
+class SplitTransform:
+    """pil(img) -> uint8 HWC image; normalise(uint8 NCHW batch) -> float batch, equal to the original."""
+
+    pil_steps: tuple[PilStep, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    draft_size: int | None
+
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        """(3, H, W) uint8 after the PIL steps (no float work per image)."""
+        for step in self.pil_steps:
+            img = step(img)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def normalise(self, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> (x / 255 - mean) / std in float32, then cast to `dtype`."""
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=batch.device).view(1, -1, 1, 1)
+        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=batch.device).view(1, -1, 1, 1)
+        return batch.float().mul_(scale).sub_(shift).to(dtype)
+
+
+def split_transform(preprocess: object) -> SplitTransform | None:
+    """The split of a Compose([...PIL steps..., ToTensor, Normalize]); None for any other shape
+    (the caller then runs the transform whole, per image)."""
+    steps = list(getattr(preprocess, "transforms", []))
+    names = [type(s).__name__ for s in steps]
+    if len(steps) < 2 or names[-1] != "Normalize" or names[-2] not in _TO_TENSOR:
+        return None
+    norm = steps[-1]
+    mean = tuple(float(v) for v in torch.as_tensor(norm.mean).flatten())
+    std = tuple(float(v) for v in torch.as_tensor(norm.std).flatten())
+    if len(mean) != 3 or len(std) != 3 or getattr(norm, "inplace", False):
+        return None
+    pil_steps = tuple(steps[:-2])
+    return SplitTransform(pil_steps, mean, std, _draft_size(pil_steps))
+
+
+def _draft_size(steps: tuple[PilStep, ...]) -> int | None:
+    """The first Resize's shorter-side target (an int size), when a Resize comes first."""
+    if not steps or type(steps[0]).__name__ != "Resize":
+        return None
+    size = getattr(steps[0], "size", None)
+    if isinstance(size, (list, tuple)):
+        size = max(size) if len(size) == 2 else (size[0] if size else None)
+    return int(size) if isinstance(size, int) and size > 0 else None
