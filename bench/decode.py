@@ -97,6 +97,10 @@ def run(models: tuple[str, ...] = ("effnet", "clip"), photos: int = 96, big: int
               ["model", "images", "baseline (ms)", "ours (ms)", "speed-up", "cosine of the vectors"], rows)
     res["notes"].append("The 12 Mpx files are sample photos scaled up (smoother than camera photos, so "
                         "their JPEGs decode a little faster than real ones of that size).")
+    if "clip" in models:
+        res["notes"].append("CLIP has random weights here (none can be downloaded), and random-weight features "
+                            "hardly move with small pixel changes: its agreement column says little; the "
+                            "backbone's (real ImageNet weights) is the one to read.")
     return res
 
 

@@ -124,7 +124,8 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
         sub_n = min(backbone_train, n_lib)
         small_n = max(1, sub_n // 4)
         builds: dict[int, dict[str, float]] = {}
-        for n in (small_n, sub_n):
+        sizes = (sub_n,) if sub_n >= n_lib else (small_n, sub_n)   # the whole library needs no fit
+        for n in sizes:
             sub_lib = lib if n == n_lib else library(n, test, cache_dir)[0]
             builds[n] = build(sub_lib, tmp / f"effnet-{n}", "effnet", batch_size)
         bb_index = LookalikeIndex.open(tmp / f"effnet-{sub_n}")
@@ -137,13 +138,14 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
         recall = float(np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 10 for a, e in zip(approx, exact)]))
         del bb_index
 
-        slope_s = (builds[sub_n]["seconds"] - builds[small_n]["seconds"]) / max(1, sub_n - small_n)
-        slope_mb = (builds[sub_n]["peak_mb"] - builds[small_n]["peak_mb"]) / max(1, sub_n - small_n)
+        first = builds[sizes[0]]
+        slope_s = (builds[sub_n]["seconds"] - first["seconds"]) / max(1, sub_n - sizes[0])
+        slope_mb = (builds[sub_n]["peak_mb"] - first["peak_mb"]) / max(1, sub_n - sizes[0])
         full_s = builds[sub_n]["seconds"] + slope_s * (n_lib - sub_n)
         full_mb = builds[sub_n]["peak_mb"] + max(0.0, slope_mb) * (n_lib - sub_n)
         build_rows = [["pixels only (28x28)", f"{n_lib:,}", f"{px['seconds']:.0f}", f"{px['cpu_s']:.0f}",
                        f"{n_lib / px['seconds']:.0f}", f"{px['peak_mb']:.0f}", "measured"]]
-        for n in (small_n, sub_n):
+        for n in sizes:
             b = builds[n]
             build_rows.append(["pixels + effnet + Chroma (2 spaces)", f"{n:,}", f"{b['seconds']:.0f}", f"{b['cpu_s']:.0f}",
                                f"{n / b['seconds']:.1f}", f"{b['peak_mb']:.0f}", "measured"])
