@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lookalike offline pipeline: crawl, download, clean, split, sample, push, pull, index, all.
+"""Lookalike offline pipeline: crawl, download, clean, split, sample, fashion-mnist, push, pull, index, all.
 
 A thin command line: each stage's flags and work live in the `collect` and `retrieval` packages.
 Run `python build_index.py STAGE --help` for a stage's flags.
@@ -11,7 +11,7 @@ import logging
 import sys
 
 from collect import cli as collect_cli
-from collect import sample
+from collect import fashion_mnist, sample
 from retrieval import cli as retrieval_cli
 
 
@@ -22,6 +22,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     collect_cli.register(sub)      # crawl, download, clean, split, push, pull, all
     sample.register(sub)           # sample
+    fashion_mnist.register(sub)    # fashion-mnist
     retrieval_cli.register_index(sub)  # index
     return parser
 

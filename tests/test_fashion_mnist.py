@@ -1,7 +1,6 @@
 """Fashion-MNIST import: IDX parsing, the exported library layout, reruns, and the CLI stage."""
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import struct
@@ -70,8 +69,10 @@ def test_export_writes_a_library_the_index_reads(tmp_path, fake_root):
 
 
 def test_cli_stage(tmp_path, fake_root, capsys):
-    parser = argparse.ArgumentParser()
-    fm.register(parser.add_subparsers(dest="command"))
+    """`python build_index.py fashion-mnist ...` (the stage as build_index.py registers it)."""
+    from build_index import make_parser
+
+    parser = make_parser()
     args = parser.parse_args(["fashion-mnist", "--out", str(tmp_path / "out"), "--root", str(fake_root),
                               "--limit-test", "1"])
     assert args.func(args) == 0
