@@ -157,7 +157,10 @@ class Embedder(abc.ABC):
                         log.warning("skipping %s", exc)
                 bar.update(len(batch))
                 if tensors:
-                    yield ok, self._embed(torch.stack(tensors))
+                    batch_in = torch.stack(tensors)
+                    if self.device.type == "cuda":   # page-locked: the copy to the GPU runs asynchronously
+                        batch_in = batch_in.pin_memory()
+                    yield ok, self._embed(batch_in)
                 batch = upcoming
         finally:
             bar.close()
