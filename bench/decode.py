@@ -12,6 +12,7 @@ different (DCT-domain) downscale of the same photo.
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import tempfile
 from pathlib import Path
@@ -40,7 +41,6 @@ def make_embedder(kind: str):
 
 def big_jpegs(photos: list[Path], n: int, out: Path) -> list[Path]:
     """Sample photos scaled up to 4000x3000 and saved at quality 90 (kept between runs)."""
-    import io
     paths = []
     for i, src in enumerate(photos[:n]):
         path = out / f"big{i:03d}.jpg"

@@ -124,7 +124,8 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
         sub_n = min(backbone_train, n_lib)
         small_n = max(1, sub_n // 4)
         builds: dict[int, dict[str, float]] = {}
-        sizes = (sub_n,) if sub_n >= n_lib else (small_n, sub_n)   # the whole library needs no fit
+        measured_full = sub_n >= n_lib
+        sizes = (sub_n,) if measured_full else (small_n, sub_n)   # the whole library needs no fit
         for n in sizes:
             sub_lib = lib if n == n_lib else library(n, test, cache_dir)[0]
             builds[n] = build(sub_lib, tmp / f"effnet-{n}", "effnet", batch_size)
@@ -138,18 +139,19 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
         recall = float(np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 10 for a, e in zip(approx, exact)]))
         del bb_index
 
-        first = builds[sizes[0]]
-        slope_s = (builds[sub_n]["seconds"] - first["seconds"]) / max(1, sub_n - sizes[0])
-        slope_mb = (builds[sub_n]["peak_mb"] - first["peak_mb"]) / max(1, sub_n - sizes[0])
-        full_s = builds[sub_n]["seconds"] + slope_s * (n_lib - sub_n)
-        full_mb = builds[sub_n]["peak_mb"] + max(0.0, slope_mb) * (n_lib - sub_n)
+        # The whole library's build: measured, or fitted linearly on the two subset builds.
+        full_s, full_mb = builds[sub_n]["seconds"], builds[sub_n]["peak_mb"]
+        if not measured_full:
+            small = builds[small_n]
+            full_s += (full_s - small["seconds"]) / max(1, sub_n - small_n) * (n_lib - sub_n)
+            full_mb += max(0.0, (full_mb - small["peak_mb"]) / max(1, sub_n - small_n)) * (n_lib - sub_n)
         build_rows = [["pixels only (28x28)", f"{n_lib:,}", f"{px['seconds']:.0f}", f"{px['cpu_s']:.0f}",
                        f"{n_lib / px['seconds']:.0f}", f"{px['peak_mb']:.0f}", "measured"]]
         for n in sizes:
             b = builds[n]
             build_rows.append(["pixels + effnet + Chroma (2 spaces)", f"{n:,}", f"{b['seconds']:.0f}", f"{b['cpu_s']:.0f}",
                                f"{n / b['seconds']:.1f}", f"{b['peak_mb']:.0f}", "measured"])
-        if sub_n < n_lib:
+        if not measured_full:
             build_rows.append(["pixels + effnet + Chroma (2 spaces)", f"{n_lib:,}", f"{full_s:.0f}", "",
                                f"{n_lib / full_s:.1f}", f"{full_mb:.0f}",
                                f"**extrapolated** linearly from the {small_n:,} and {sub_n:,} builds"])
@@ -160,11 +162,10 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
                        f"upsampled by its preprocessing) end to end over {n_done} library files.",
                   ["images", "img/s", f"time for all {n_lib:,} (estimate)"],
                   [[n_done, f"{thr:.1f}", f"{n_lib / thr / 60:.0f} min"]])
-        measured_full = sub_n >= n_lib
         add_check(res, f"Fashion-MNIST backbone index, peak memory ({n_lib:,} images)", "< 4 GB",
-                  f"{(builds[sub_n]['peak_mb'] if measured_full else full_mb) / 1024:.2f} GB"
+                  f"{full_mb / 1024:.2f} GB"
                   + ("" if measured_full else f" (extrapolated from {sub_n:,}; measured {builds[sub_n]['peak_mb'] / 1024:.2f} GB)"),
-                  (builds[sub_n]["peak_mb"] if measured_full else full_mb) < 4096)
+                  full_mb < 4096)
         add_table(res, f"Quality on the held-out split, pixels over the whole library: {pixel_report['queries']} test "
                        f"queries against {pixel_report['library']:,} library images, 10 classes.",
                   ["method", "P@1", "P@10", "mAP"], quality_rows(pixel_report, PIXEL_METHODS))
@@ -180,7 +181,7 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
                   f"best backbone `{best_bb}` {bb_report['methods'][best_bb]['p@10']:.3f} / {bb_report['methods'][best_bb]['map']:.3f}",
                   None)
         res["figures"] = {"pixel_build": px, "latency": lat, "backbone_img_s": thr, "builds": {str(k): v for k, v in builds.items()},
-                          "extrapolated_full": {"seconds": full_s, "peak_mb": full_mb} if sub_n < n_lib else None,
+                          "extrapolated_full": None if measured_full else {"seconds": full_s, "peak_mb": full_mb},
                           "hnsw_recall_effnet": recall,
                           "quality_pixels_full": {m: pixel_report["methods"][m] for m in PIXEL_METHODS},
                           "quality": bb_report["methods"]}

@@ -70,7 +70,7 @@ SUITE: tuple[Bench, ...] = (
                  "ef_sweep": (100, 400)}),
     Bench("vectors_1m", "vectors", full={"sizes": (10_000, 100_000, 1_000_000), "server_n": 100_000,
                                          "exact_sizes": (10_000, 100_000, 1_000_000), "name": "vectors_1m",
-                                         "ef_sweep": (50, 100, 200, 400, 800), "data": "embedding-like"},
+                                         "ef_sweep": (50, 100, 200, 400, 800), "dataset": "embedding-like"},
           default=False),
     Bench("streaming", "streaming", full={}, quick={"sizes": (64, 256), "side": 1024}),
     Bench("gpu", "gpu", full={}, quick={"limit": 16, "batch": 8, "seconds": 1.0}),

@@ -8,7 +8,7 @@ At the last size ef_search is swept (set with collection.modify, then the databa
 because an open index keeps the ef it was loaded with). The product builds two collections (l2 and
 cosine), so its build time and disk are twice the one-collection figures here.
 
-Two data sets (--data): "random", uniform on the sphere, the hardest case for a graph index (no
+Two data sets (--dataset): "random", uniform on the sphere, the hardest case for a graph index (no
 low-dimensional structure: at 30k vectors the product's settings reach recall@10 0.65 and each
 insert costs 2.7x more CPU); and "embedding-like", a Gaussian whose component variances fall as
 i^-0.76, the spectrum measured on real (effnet) vectors of the sample library, normalised. Real
@@ -17,7 +17,7 @@ embeddings look like the second (see also the Fashion-MNIST benchmark's HNSW rec
 Exact: PreparedMatrix (float32 in place, one matrix-vector product for cosine; L1 streamed in
 chunks over threads) plus top_k, single query, at each size in exact_sizes.
 
-    python bench/vectors.py [--data embedding-like] [--sizes 10000 100000] [--server-n 100000] [--exact-sizes ...]
+    python bench/vectors.py [--dataset embedding-like] [--sizes 10000 100000] [--server-n 100000] [--exact-sizes ...]
 """
 from __future__ import annotations
 
@@ -172,25 +172,24 @@ def server_run(data: np.ndarray, queries: np.ndarray, truth: list[set[int]], n: 
 def run(sizes: tuple[int, ...] = (10_000, 100_000), server_n: int = 100_000,
         exact_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), queries: int = 200, dim: int = 512,
         k: int = 10, ef_sweep: tuple[int, ...] = EF_SWEEP, name: str = "vectors", workdir: str | None = None,
-        data: str = "random") -> dict:
+        dataset: str = "random") -> dict:
     logging.getLogger("chromadb").setLevel(logging.WARNING)
     sizes = tuple(sorted(sizes))
     n_max = max(sizes + tuple(exact_sizes) + (server_n,))
-    alpha = DATASETS[data]
-    res = result(name, f"{dim}-d {data} vectors at scale: Chroma HNSW (embedded and server) and exact search",
+    alpha = DATASETS[dataset]
+    res = result(name, f"{dim}-d {dataset} vectors at scale: Chroma HNSW (embedded and server) and exact search",
                  {"sizes": list(sizes), "server_n": server_n, "exact_sizes": list(exact_sizes), "queries": queries,
-                  "dim": dim, "k": k, "ef_sweep": list(ef_sweep), "hnsw": HNSW, "data": data, "alpha": alpha})
+                  "dim": dim, "k": k, "ef_sweep": list(ef_sweep), "hnsw": HNSW, "dataset": dataset, "alpha": alpha})
     with stopwatch(res), tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        vectors = unit_vectors(n_max, dim, seed=0, alpha=alpha)
+        data = unit_vectors(n_max, dim, seed=0, alpha=alpha)
         qs = unit_vectors(queries, dim, seed=1, alpha=alpha)
         what = ("uniform on the sphere (the hardest case for a graph index)" if not alpha else
                 f"Gaussian with a power-law spectrum (variance of component i ~ i^-{alpha}, as in real "
                 "embeddings), normalised")
-        res["notes"].append(f"{n_max:,} {data} unit vectors ({vectors.nbytes / 2**30:.2f} GiB), {what}, generated in "
+        res["notes"].append(f"{n_max:,} {dataset} unit vectors ({data.nbytes / 2**30:.2f} GiB), {what}, generated in "
                             f"{time.perf_counter() - t0:.0f} s; {queries} queries drawn the same way (not library rows).")
-        data = vectors
         truths = {n: exact_top(data[:n], qs, k) for n in sorted(set(sizes) | set(exact_sizes) | {server_n}) if n}
 
         # -- embedded Chroma, filled in steps ------------------------------------------------
@@ -291,13 +290,13 @@ def main() -> None:
     ap.add_argument("--server-n", type=int, default=100_000)
     ap.add_argument("--exact-sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--data", choices=sorted(DATASETS), default="random")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="random")
     ap.add_argument("--workdir", default=None, help="where the temporary databases go (default: the temp dir)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     print_result(run(tuple(args.sizes), args.server_n, tuple(args.exact_sizes), args.queries, workdir=args.workdir,
-                     data=args.data))
+                     dataset=args.dataset))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,6 @@ def _draft_size(steps: tuple[PilStep, ...]) -> int | None:
     if not steps or type(steps[0]).__name__ != "Resize":
         return None
     size = getattr(steps[0], "size", None)
-    if isinstance(size, (list, tuple)):
-        size = max(size) if len(size) == 2 else (size[0] if size else None)
+    if isinstance(size, (list, tuple)):   # [side] or (h, w): each side >= the larger is safe
+        size = max(size) if size else None
     return int(size) if isinstance(size, int) and size > 0 else None
