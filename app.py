@@ -16,15 +16,14 @@ import os
 import sys
 from pathlib import Path
 
-from retrieval.app_start import HUB_ENV, locate_index
-from retrieval.cli import run
-
-APP_DIR = Path(__file__).resolve().parent
+from retrieval.paths import APP_HUB, APP_INDEX
+from retrieval.runner import run
+from webui.start import HUB_ENV, locate_index
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", type=Path, default=APP_DIR / "index", help="index folder (default: index/ beside app.py)")
+    p.add_argument("--index", type=Path, default=APP_INDEX, help="index folder (default: index/ beside app.py)")
     p.add_argument("--data", type=Path, default=None, help="library root, if it moved since the index was built")
     p.add_argument("--host", default=None, help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
@@ -39,10 +38,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def serve_app(args: argparse.Namespace) -> int:
-    index_dir, data_dir = locate_index(args.index, args.data, args.hub_repo, APP_DIR / "hub")
+    index_dir, data_dir = locate_index(args.index, args.data, args.hub_repo, APP_HUB)
     from retrieval.search import LookalikeIndex
     index = LookalikeIndex.open(index_dir, data_dir=data_dir, chroma_url=args.chroma_url)
-    from retrieval.app_ui import build_demo, launch_options
+    from webui.layout import build_demo, launch_options
     demo = build_demo(index)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None,
                 **launch_options(index))

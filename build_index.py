@@ -13,6 +13,7 @@ import sys
 from collect import cli as collect_cli
 from collect import fashion_mnist, sample
 from retrieval import cli as retrieval_cli
+from retrieval.runner import run
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return retrieval_cli.run(make_parser(), argv, quiet_level=logging.INFO)
+    return run(make_parser(), argv, quiet_level=logging.INFO)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ message queue every 50 ms, so part of every figure is the client's. The baseline
 process, is the same query straight through LookalikeIndex.search (no HTTP), so the ratio is what
 the web layer costs. The clients run on the same machine as the server and share its CPUs.
 
-    python bench/app_latency.py [--data data] [--index DIR] [--queries 40] [--clients 1 8]
+    python -m bench.app_latency [--data data] [--index DIR] [--queries 40] [--clients 1 8]
 Targets: pixel median < 300 ms; no errors with 8 clients; start-up < 15 s.
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import requests
 
-from common import ROOT, machine_info, median_ms, p95_ms, sample_library, timed
-
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
+
+from .common import ROOT, machine_info, median_ms, p95_ms, sample_library, timed
 
 ENDPOINTS = {"pixel": ("/search_pixel", "l1", "pixel-l1"), "deep": ("/search_deep", None, None)}
 

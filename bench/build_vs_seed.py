@@ -4,7 +4,7 @@ add_embedding (one image -> one model call, then one collection.add), for each m
 The two build paths themselves live in bench/index_build.py (the embedder benchmark, which prints
 one run); this module times them `repeats` times, interleaved, for the suite's medians.
 
-    python bench/build_vs_seed.py [--data data/train] [--limit 128] [--repeats 3] [--models clip,effnet]
+    python -m bench.build_vs_seed [--data data/train] [--limit 128] [--repeats 3] [--models clip,effnet]
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from common import PeakMemory, ROOT, add_check, add_table, fmt_ratio, print_result, result, stopwatch
-from index_build import library, make, ours, seed_add_embedding
-
 from retrieval.images import load_image
 from retrieval.vectorstore import VectorStore
+
+from .common import PeakMemory, ROOT, add_check, add_table, fmt_ratio, print_result, result, stopwatch
+from .index_build import library, make, ours, seed_add_embedding
 
 
 def run(data: str | None = None, limit: int = 128, repeats: int = 3, batch_size: int = 32, workers: int = 2,

@@ -7,7 +7,7 @@ query embedding. Both sides here use the same open_clip ViT-B-32 with random wei
 depend on the weights; real CLIP weights cannot be fetched offline): ours loads them from a local
 checkpoint through the product path, `build_index --model ViT-B-32:/path/ckpt.pt`.
 
-    python bench/clip_query.py [--data data] [--seed-queries 2] [--seed-limit N] [--queries 20]
+    python -m bench.clip_query [--data data] [--seed-queries 2] [--seed-limit N] [--queries 20]
 
 --seed-limit N times the seed on an N-image subset of the library (a few images per class) and
 scales its time linearly to the whole library: the seed's cost is one model call per library image.
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import (add_check, add_table, fmt_ms, fmt_ratio, median_ms, print_result, result, sample_library,
-                    stopwatch, timed)
-from pixel_query import seed_absolute_difference, seed_folder_to_images, seed_read_image_from_path
-
 from retrieval.images import is_image_name
 from retrieval.indexing import build_index
 from retrieval.search import LookalikeIndex
+
+from .common import (add_check, add_table, fmt_ms, fmt_ratio, median_ms, print_result, result, sample_library,
+                     stopwatch, timed)
+from .pixel_query import seed_absolute_difference, seed_folder_to_images, seed_read_image_from_path
 
 SEED_SIZE = 448
 

@@ -22,8 +22,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 # -- timing -----------------------------------------------------------------------------------
@@ -141,8 +139,10 @@ def in_child(module: str, func: str, env: dict[str, str] | None = None, **kwargs
 
     A fresh process gives a clean memory figure (nothing left over from earlier phases) and lets a
     phase run under other environment settings (such as OMP_WAIT_POLICY, read once at start-up).
+    The child runs in the repository root, which `python -c` puts first on sys.path, so it imports
+    the package as `bench` like the parent does.
     """
-    code = (f"import json, sys; sys.path[:0] = [{str(BENCH)!r}, {str(ROOT)!r}]; import common, {module} as m; "
+    code = (f"import json, sys; from bench import common, {module} as m; "
             f"r = m.{func}(**json.loads(sys.argv[1])); r['peak_mb'] = common.hwm_mb() or common.peak_rss_mb(); "
             "r['cpu_s'] = common.cpu_seconds(); "
             "print(); print(json.dumps(r))")

@@ -7,7 +7,7 @@ thread, so the figure is CPU time per image (what decoding takes away from the m
 machine). Agreement: cosine between the vectors of the two paths, since draft decoding is a
 different (DCT-domain) downscale of the same photo.
 
-    python bench/decode.py [--models effnet clip] [--photos 96] [--big 12]
+    python -m bench.decode [--models effnet clip] [--photos 96] [--big 12]
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import add_table, fmt_ratio, print_result, result, sample_library, stopwatch, timed
-
 from retrieval.atomic import write_bytes
 from retrieval.images import is_image_name, load_image
+
+from .common import add_table, fmt_ratio, print_result, result, sample_library, stopwatch, timed
 
 BIG = (4000, 3000)   # a 12 Mpx phone photo
 CACHE = Path(tempfile.gettempdir()) / "lookalike-bench" / "decode"

@@ -2,9 +2,9 @@
 folder of real JPEGs, end to end with decoding, against the model-only limit. One short script for
 a machine with a CUDA GPU; it also runs on CPU at a small size to prove it works.
 
-    python bench/gpu.py                                  # CUDA, the sample library's JPEGs cycled to 8192
-    python bench/gpu.py --data /photos --images 20000 --batch 512 --workers 15
-    python bench/gpu.py --device cpu --limit 64          # the smoke test (fp32 on CPU)
+    python -m bench.gpu                                  # CUDA, the sample library's JPEGs cycled to 8192
+    python -m bench.gpu --data /photos --images 20000 --batch 512 --workers 15
+    python -m bench.gpu --device cpu --limit 64          # the smoke test (fp32 on CPU)
 
 Pipelines, each timed over the same files after a warm-up batch (images/s, end to end):
   pil       the straightforward one: PIL decode + open_clip preprocessing (resize 224 bicubic,
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from .common import add_check, add_table, print_result, result
 
 SIZE = 224
 MEAN = (0.48145466, 0.4578275, 0.40821073)   # open_clip's OPENAI_DATASET_MEAN / STD for ViT-B-32
@@ -195,45 +194,27 @@ def model_only(model, batch: int, dtype: torch.dtype, device: torch.device, seco
     return batch / statistics.median(times)
 
 
-def run(device: str = "auto", data: str | None = None, images: int = 8192, limit: int | None = None,
-        batch: int = 512, workers: int | None = None, dtype: str = "auto", seconds: float = 3.0,
-        batches_model: tuple[int, ...] = (256, 512, 1024), threads: int | None = None) -> dict[str, Any]:
-    """All pipelines and the model-only limit; returns a bench result (see bench/common.py)."""
-    from common import add_check, add_table, result
-    if threads:
-        torch.set_num_threads(threads)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    on_gpu = dev.type == "cuda"
-    n_images = min(images, limit) if limit else images
-    if not on_gpu:
-        n_images = min(n_images, CPU_IMAGES)
-    if not on_gpu:   # a CPU smoke run: small batches, float32 (CPU half precision is slow or missing)
-        batch = min(batch, 32)
-        batches_model = tuple(b for b in batches_model if b <= 32) or (min(32, batch),)
-    dt = {"auto": torch.float16 if on_gpu else torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "fp32": torch.float32}[dtype]
-    workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
-    files = jpeg_files(Path(data) if data else None, n_images)
-    card = torch.cuda.get_device_name(dev) if on_gpu else f"CPU ({os.cpu_count()} cores)"
-    res = result("gpu", f"Image embedding throughput, ViT-B-32 random weights, end to end from JPEG files: {card}",
-                 {"device": str(dev), "images": len(files), "batch": batch, "workers": workers, "dtype": str(dt),
-                  "card": card, "torch_threads": torch.get_num_threads()})
-    t_start = time.perf_counter()
-    model = load_model(dev, dt)
-    # Model-only limit, per dtype and batch size.
+def model_only_limits(res: dict[str, Any], model: torch.nn.Module, dev: torch.device, dt: torch.dtype,
+                      batches_model: tuple[int, ...], seconds: float) -> dict[tuple[str, int], float]:
+    """Model-only img/s per dtype (fp16 and bf16 on a GPU, `dt` on CPU) and batch size, with its table:
+    the ceiling every end-to-end pipeline is measured against."""
     limit_rows, limits = [], {}
-    for d in ([torch.float16, torch.bfloat16] if on_gpu else [dt]):
+    for d in ([torch.float16, torch.bfloat16] if dev.type == "cuda" else [dt]):
         m = model if d == dt else load_model(dev, d)
         for b in batches_model:
             limits[(str(d), b)] = model_only(m, b, d, dev, seconds)
             limit_rows.append([str(d).replace("torch.", ""), b, f"{limits[(str(d), b)]:,.0f}"])
         if m is not model:
             del m
-    best_limit = max(limits.values())
     add_table(res, "Model-only: random pre-decoded batches already on the device.", ["dtype", "batch", "img/s"], limit_rows)
+    return limits
 
-    # End-to-end pipelines; the first batch of each is a warm-up run on its own.
+
+def pipeline_rows(model: torch.nn.Module, files: list[Path], batch: int, workers: int, dev: torch.device,
+                  dt: torch.dtype, best_limit: float) -> tuple[list[list[str]], dict[str, float]]:
+    """(table rows, img/s per pipeline) for the end-to-end pipelines and the decoded cache, each after
+    a warm-up batch of its own, with the agreement of its embeddings with the `pil` ones (so a fast
+    path that changes the pixels too much shows)."""
     pipelines: dict[str, Callable[[list[Path]], Iterator[torch.Tensor]]] = {
         "pil": lambda fs: pil_batches(fs, batch, workers, False, dev),
         "draft": lambda fs: pil_batches(fs, batch, workers, True, dev),
@@ -260,6 +241,37 @@ def run(device: str = "auto", data: str | None = None, images: int = 8192, limit
         rows.append([f"cached (re-run; building the cache took {build_s:.1f} s)", f"{rates['cached']:,.0f}",
                      f"{100 * rates['cached'] / best_limit:.0f}%", f"{agree:.4f}"])
         del cache
+    return rows, rates
+
+
+def run(device: str = "auto", data: str | None = None, images: int = 8192, limit: int | None = None,
+        batch: int = 512, workers: int | None = None, dtype: str = "auto", seconds: float = 3.0,
+        batches_model: tuple[int, ...] = (256, 512, 1024), threads: int | None = None) -> dict[str, Any]:
+    """All pipelines and the model-only limit; returns a bench result (see bench/common.py)."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    on_gpu = dev.type == "cuda"
+    n_images = min(images, limit) if limit else images
+    if not on_gpu:
+        n_images = min(n_images, CPU_IMAGES)
+    if not on_gpu:   # a CPU smoke run: small batches, float32 (CPU half precision is slow or missing)
+        batch = min(batch, 32)
+        batches_model = tuple(b for b in batches_model if b <= 32) or (min(32, batch),)
+    dt = {"auto": torch.float16 if on_gpu else torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "fp32": torch.float32}[dtype]
+    workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    files = jpeg_files(Path(data) if data else None, n_images)
+    card = torch.cuda.get_device_name(dev) if on_gpu else f"CPU ({os.cpu_count()} cores)"
+    res = result("gpu", f"Image embedding throughput, ViT-B-32 random weights, end to end from JPEG files: {card}",
+                 {"device": str(dev), "images": len(files), "batch": batch, "workers": workers, "dtype": str(dt),
+                  "card": card, "torch_threads": torch.get_num_threads()})
+    t_start = time.perf_counter()
+    model = load_model(dev, dt)
+    limits = model_only_limits(res, model, dev, dt, batches_model, seconds)
+    best_limit = max(limits.values())
+    rows, rates = pipeline_rows(model, files, batch, workers, dev, dt, best_limit)
     add_table(res, f"End to end over {len(files)} JPEG files, batch {batch}, {workers} workers, {str(dt).replace('torch.', '')}.",
               ["pipeline", "img/s", "of the model-only best", "agreement with pil (mean cosine)"], rows)
     best_name = max((k for k in rates if k != "cached"), key=rates.get)
@@ -288,8 +300,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import print_result
     res = run(args.device, args.data, args.images, args.limit, args.batch, args.workers, args.dtype, args.seconds,
               threads=args.threads)
     print_result(res)

@@ -1,7 +1,7 @@
 """Index-build throughput: ours (batched encode_files + VectorStore.upsert) against the seed's
 add_embedding (one image, one model call, then collection.add), same process, same model.
 
-    python bench/index_build.py [--data data/train] [--limit 128] [--repeat 2] [--batch-size 32]
+    python -m bench.index_build [--data data/train] [--limit 128] [--repeat 2] [--batch-size 32]
 
 Models: open_clip ViT-B-32 with random weights (speed does not depend on the weights) and the
 efficientnet-lite0 backbone. Without --data, JPEGs are made from the Tux Paint photo stamps.
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from retrieval.embedders import Embedder  # noqa: E402
-from retrieval.images import is_image_name, load_image  # noqa: E402
-from retrieval.vectorstore import VectorStore  # noqa: E402
+from retrieval.embedders import Embedder
+from retrieval.images import is_image_name, load_image
+from retrieval.vectorstore import VectorStore
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 

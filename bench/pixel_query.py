@@ -4,7 +4,7 @@ The seed (course notebook, get_l1_score & co.) re-reads and resizes every librar
 query at 448x448, then applies the metric. Ours decodes and resizes once at index time and answers
 each query with one pass over a prepared matrix.
 
-    python bench/pixel_query.py [--data data] [--queries 20] [--seed-queries 3]
+    python -m bench.pixel_query [--data data] [--queries 20] [--seed-queries 3]
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import (add_check, add_table, fmt_ms, fmt_ratio, machine_info, median_ms, peak_rss_mb, print_result,
-                    result, sample_library, stopwatch, timed)
-
 from retrieval.images import is_image_name
 from retrieval.indexing import DEFAULT_PIXEL_SIZE, build_index
 from retrieval.search import LookalikeIndex
+
+from .common import (add_check, add_table, fmt_ms, fmt_ratio, machine_info, median_ms, peak_rss_mb, print_result,
+                     result, sample_library, stopwatch, timed)
 
 
 def seed_read_image_from_path(path, size):

@@ -1,6 +1,6 @@
 """Which pixel size? P@5, mAP and query time per size on the sample library (the README's table).
 
-    python bench/pixel_sizes.py [--data data] [--sizes 8 16 32 64 128 448]
+    python -m bench.pixel_sizes [--data data] [--sizes 8 16 32 64 128 448]
 """
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import (add_table, fmt_ms, machine_info, median_ms, print_result, result, sample_library,
-                    stopwatch, timed)
-
 from retrieval.evaluate import evaluate_index
 from retrieval.indexing import build_index
 from retrieval.search import LookalikeIndex
+
+from .common import (add_table, fmt_ms, machine_info, median_ms, print_result, result, sample_library,
+                     stopwatch, timed)
 
 SIZES = (8, 16, 32, 64, 128, 448)
 

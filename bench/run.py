@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, machine, mark, now, render, stop_process
-
 from retrieval import atomic
+
+from .common import ROOT, machine, mark, now, render, stop_process
 
 BENCH = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH / "results"
@@ -90,7 +90,7 @@ def run_child(name: str, mode: str, out: Path, overrides: dict[str, Any]) -> int
     config = {**(b.quick if mode == "quick" else b.full), **overrides}
     t0 = time.perf_counter()
     try:
-        mod = importlib.import_module(b.module)
+        mod = importlib.import_module(f".{b.module}", __package__)
         res = mod.run(**config)
         code = 0
     except Exception:
@@ -108,7 +108,7 @@ def run_script(b: Bench, mode: str, log: Path, env: dict[str, str]) -> dict[str,
     args = b.quick_script_args if mode == "quick" else b.script_args
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, str(BENCH / f"{b.module}.py"), *args], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", f"bench.{b.module}", *args], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
     res = {"name": b.name, "title": f"{b.module}.py (its own printout)", "config": {"args": list(args)},
            "started": now(), "seconds": round(time.perf_counter() - t0, 1), "tables": [], "checks": [],
@@ -184,6 +184,36 @@ def render_all(results: dict[str, dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def print_suite() -> None:
+    """`--list`: every benchmark, whether a plain run includes it, and its full and quick configs."""
+    for b in SUITE:
+        script = b.script_args is not None
+        print(f"{b.name:14} {'default' if b.default else 'opt-in ':8} "
+              f"full={list(b.script_args) if script else b.full} quick={list(b.quick_script_args or ()) if script else b.quick}")
+
+
+def run_in_child(b: Bench, mode: str, log: Path, out: Path, overrides: dict[str, Any],
+                 env: dict[str, str]) -> dict[str, Any]:
+    """Run one benchmark as `python -m bench --child NAME` and read back its result: a process of its
+    own keeps one benchmark's peak memory and thread settings out of the next. A child killed before
+    it wrote anything (out of memory?) still yields a result, with its log's tail as the error."""
+    cmd = [sys.executable, "-m", "bench", "--child", b.name, "--json", str(out),
+           "--overrides", json.dumps(overrides)] + (["--quick"] if mode == "quick" else [])
+    with open(log, "w") as fh:
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = child.wait()
+        finally:   # interrupted (Ctrl-C, SIGTERM): do not leave the benchmark running
+            if child.poll() is None:
+                stop_process(child)
+    if out.is_file():
+        return json.loads(out.read_text("utf-8"))
+    return {"name": b.name, "title": b.name, "config": overrides, "started": now(),
+            "mode": mode, "tables": [], "checks": [], "notes": [], "figures": {},
+            "error": f"the child exited with status {code} and wrote no result; log {log}:\n"
+                     + log.read_text()[-3000:]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return run_child(args.child, mode, args.json, json.loads(args.overrides))
     if args.list:
-        for b in SUITE:
-            script = b.script_args is not None
-            print(f"{b.name:14} {'default' if b.default else 'opt-in ':8} "
-                  f"full={list(b.script_args) if script else b.full} quick={list(b.quick_script_args or ()) if script else b.quick}")
+        print_suite()
         return 0
     unknown = [n for n in (args.only or []) + args.skip if n not in BY_NAME]
     if unknown:
@@ -236,23 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if b.script_args is not None:
             res = run_script(b, mode, log, env)
         else:
-            out = logs / f"{b.name}.json"
-            cmd = [sys.executable, "-m", "bench", "--child", b.name, "--json", str(out),
-                   "--overrides", json.dumps(sets.get(b.name, {}))] + (["--quick"] if args.quick else [])
-            with open(log, "w") as fh:
-                child = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
-                try:
-                    code = child.wait()
-                finally:   # interrupted (Ctrl-C, SIGTERM): do not leave the benchmark running
-                    if child.poll() is None:
-                        stop_process(child)
-            if out.is_file():
-                res = json.loads(out.read_text("utf-8"))
-            else:   # killed (memory?) before it could write anything
-                res = {"name": b.name, "title": b.name, "config": sets.get(b.name, {}), "started": now(),
-                       "mode": mode, "tables": [], "checks": [], "notes": [], "figures": {},
-                       "error": f"the child exited with status {code} and wrote no result; log {log}:\n"
-                                + log.read_text()[-3000:]}
+            res = run_in_child(b, mode, log, logs / f"{b.name}.json", sets.get(b.name, {}), env)
         if res.get("error"):
             failed.append(b.name)
         atomic.write_json(args.results / f"{b.name}.json", res)

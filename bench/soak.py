@@ -1,6 +1,6 @@
 """Soak test: concurrent gradio_client users mixing every endpoint against a local `app.py`.
 
-    python bench/soak.py [--index DIR] [--clients 20] [--seconds 60] [--json OUT]
+    python -m bench.soak [--index DIR] [--clients 20] [--seconds 60] [--json OUT]
 
 Starts the real `python app.py --index INDEX` on 127.0.0.1 (without --index: builds an effnet index
 of the sample library in a temporary folder first), warms it up (the first deep and HNSW queries load
@@ -40,12 +40,11 @@ from typing import Any
 import numpy as np
 import requests
 
-from common import ROOT, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library, stop_process
-
 from retrieval.images import load_image
 from retrieval.library import scan_split
-from retrieval.metrics import METRICS
 from retrieval.search import LookalikeIndex
+
+from .common import ROOT, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library, stop_process
 
 KS = (1, 5, 10)
 PROMPTS = ("a red apple", "a bird on a branch", "a planet in space", "a wooden tool", "a flower")

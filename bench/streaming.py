@@ -6,7 +6,7 @@ grows by side * 3/4 side * 3 bytes per image; the build's peak memory grows only
 keeps per image (a pixel row, an embedding, Chroma's entries), because images are decoded in a
 bounded pipeline (a few per worker thread for the pixels, two batches for the model).
 
-    python bench/streaming.py [--sizes 256 1024] [--side 2048]
+    python -m bench.streaming [--sizes 256 1024] [--side 2048]
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import add_check, add_table, in_child, print_result, result, stopwatch
-
 from retrieval.atomic import write_bytes
 from retrieval.indexing import build_index
+
+from .common import add_check, add_table, in_child, print_result, result, stopwatch
 
 CACHE = Path(tempfile.gettempdir()) / "lookalike-bench" / "streaming"
 CLASSES = ("a", "b", "c", "d")

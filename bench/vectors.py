@@ -17,13 +17,12 @@ embeddings look like the second (see also the Fashion-MNIST benchmark's HNSW rec
 Exact: PreparedMatrix (float32 in place, one matrix-vector product for cosine; L1 streamed in
 chunks over threads) plus top_k, single query, at each size in exact_sizes.
 
-    python bench/vectors.py [--dataset embedding-like] [--sizes 10000 100000] [--server-n 100000] [--exact-sizes ...]
+    python -m bench.vectors [--dataset embedding-like] [--sizes 10000 100000] [--server-n 100000] [--exact-sizes ...]
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -35,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from common import (PeakMemory, add_check, add_table, cpu_seconds, fmt_ms, hwm_mb, median_ms, percentile_ms, print_result,
-                    result, rss_mb, stop_process, stopwatch, timed)
-
 from retrieval.metrics import PreparedMatrix, top_k
 from retrieval.vectorstore import HNSW
+
+from .common import (PeakMemory, add_check, add_table, cpu_seconds, fmt_ms, hwm_mb, median_ms, percentile_ms, print_result,
+                     result, rss_mb, stop_process, stopwatch, timed)
 
 log = logging.getLogger(__name__)
 EF_SWEEP = (100, 200, 400, 800, 1600)
@@ -169,10 +168,114 @@ def server_run(data: np.ndarray, queries: np.ndarray, truth: list[set[int]], n: 
     return {"n": n, "build_s": build_s, "disk_mb": disk_mb(tmp / "server"), "server_peak_mb": server_peak, **q}
 
 
+def embedded_builds(res: dict, path: Path, data: np.ndarray, qs: np.ndarray, truths: dict[int, list[set[int]]],
+                    sizes: tuple[int, ...], k: int) -> dict[int, dict[str, float]]:
+    """Fill one embedded collection in steps up to each size and measure it there (cumulative build
+    time and CPU, disk, peak memory, query latency and recall): one growing index shows how the
+    costs scale without rebuilding from scratch at every size."""
+    client, col = open_collection(path, create=True)
+    batch = int(client.get_max_batch_size())
+    hnsw_rows, hnsw = [], {}
+    built, total_s = 0, 0.0
+    rss_before = rss_mb() or 0.0
+    cpu_s = 0.0
+    for n in sizes:
+        c0 = cpu_seconds()
+        with PeakMemory() as pm:
+            total_s += fill(col, data, built, n, batch)
+        cpu_s += cpu_seconds() - c0
+        built = n
+        q = time_queries(col, qs, truths[n], k)
+        hnsw[n] = {"build_s": total_s, "build_cpu_s": cpu_s, "disk_mb": disk_mb(path), "peak_mb": pm.peak_mb, **q}
+        hnsw_rows.append([f"{n:,}", f"{total_s:.0f}", f"{cpu_s:.0f}", f"{n / total_s:.0f}", f"{hnsw[n]['disk_mb']:.0f}",
+                          f"{pm.peak_mb:.0f} ({pm.peak_mb - rss_before:+.0f})", fmt_ms(q["p50_ms"]),
+                          fmt_ms(q["p99_ms"]), f"{q['recall']:.3f}"])
+        log.info("embedded %d: %s", n, hnsw[n])
+    del client, col
+    add_table(res, f"Embedded Chroma (PersistentClient), one cosine collection, HNSW {HNSW}. Build is "
+                   f"cumulative upsert time (wall clock, and CPU seconds of all the process's threads, which "
+                   f"other jobs on the machine hardly change); peak is the process's resident peak while filling up to that "
+                   f"size (in brackets: above the {rss_before:.0f} MB the process held before, which "
+                   f"includes the source vectors); queries are single, k={k}, p50/p99 over {len(qs)}.",
+              ["vectors", "build (s)", "build CPU (s)", "vectors/s", "disk (MB)", "peak RSS (MB)", "p50 (ms)",
+               "p99 (ms)", f"recall@{k}"], hnsw_rows)
+    return hnsw
+
+
+def ef_sweep_at(res: dict, path: Path, qs: np.ndarray, truth: list[set[int]], n: int, k: int,
+                ef_sweep: tuple[int, ...], hnsw: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+    """Query the largest embedded index at each ef_search and judge the recall and latency targets at
+    the smallest ef that reaches recall 0.95: the product's own ef_search may sit below it."""
+    sweep_rows, sweep = [], {}
+    for ef in ef_sweep:
+        client, col = open_collection(path, ef_search=ef)
+        sweep[ef] = time_queries(col, qs, truth, k, warmup=10)
+        sweep_rows.append([ef, fmt_ms(sweep[ef]["p50_ms"]), fmt_ms(sweep[ef]["p99_ms"]), f"{sweep[ef]['recall']:.3f}"])
+        del client, col
+    add_table(res, f"ef_search at {n:,} vectors (same index, reopened with each setting; the product "
+                   f"uses {HNSW['ef_search']}).", ["ef_search", "p50 (ms)", "p99 (ms)", f"recall@{k}"], sweep_rows)
+    good = [ef for ef in ef_sweep if sweep[ef]["recall"] >= 0.95]
+    at = sweep[good[0]] if good else max(sweep.values(), key=lambda r: r["recall"])
+    label = f"ef_search {good[0]}" if good else "best ef tried"
+    add_check(res, f"Chroma, {n:,} vectors: recall@{k}", ">= 0.95",
+              f"{at['recall']:.3f} ({label}); {hnsw[n]['recall']:.3f} at the product's ef_search {HNSW['ef_search']}",
+              at["recall"] >= 0.95)
+    add_check(res, f"Chroma, {n:,} vectors: query p50", "< 10 ms",
+              f"{fmt_ms(at['p50_ms'])} ms ({label}); {fmt_ms(hnsw[n]['p50_ms'])} ms at ef_search {HNSW['ef_search']}",
+              at["p50_ms"] < 10)
+    add_check(res, f"Chroma, {n:,} vectors: build time (one collection)", "reported",
+              f"{hnsw[n]['build_s']:.0f} s, {hnsw[n]['disk_mb']:.0f} MB on disk", None)
+    return sweep
+
+
+def report_server(res: dict, srv: dict[str, Any], k: int) -> None:
+    """The Chroma-server table (the deployment a multi-process app would use)."""
+    n = srv["n"]
+    add_table(res, f"Chroma server (`chroma run` on 127.0.0.1, HttpClient), {n:,} vectors, same settings.",
+              ["vectors", "build (s)", "vectors/s", "disk (MB)", "server peak RSS (MB)", "p50 (ms)", "p99 (ms)",
+               f"recall@{k}"],
+              [[f"{n:,}", f"{srv['build_s']:.0f}", f"{n / srv['build_s']:.0f}", f"{srv['disk_mb']:.0f}",
+                f"{srv['server_peak_mb']:.0f}" if srv["server_peak_mb"] else "n/a", fmt_ms(srv["p50_ms"]),
+                fmt_ms(srv["p99_ms"]), f"{srv['recall']:.3f}"]])
+
+
+def exact_search(res: dict, data: np.ndarray, qs: np.ndarray, exact_sizes: tuple[int, ...], k: int,
+                 hnsw: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+    """Single-query exact cosine and L1 at each size, set against the HNSW p50 at the same size, and
+    where HNSW starts to pay off: the reason to keep exact search for small libraries."""
+    exact_rows, exact = [], {}
+    for n in sorted(exact_sizes):
+        m = PreparedMatrix(data[:n])
+        it = iter(np.concatenate([qs] * 4))
+        cos = timed(lambda: top_k(m.scores(next(it), "cosine"), k, True), repeat=min(30, len(qs)), warmup=2)
+        l1 = timed(lambda: top_k(m.scores(next(it), "l1"), k, False), repeat=5 if n >= 500_000 else 10, warmup=1)
+        exact[n] = {"cosine_ms": median_ms(cos), "l1_ms": median_ms(l1)}
+        h = hnsw.get(n)
+        exact_rows.append([f"{n:,}", fmt_ms(exact[n]["cosine_ms"]), fmt_ms(exact[n]["l1_ms"]),
+                           fmt_ms(h["p50_ms"]) if h else "not built", "HNSW" if h and h["p50_ms"] < exact[n]["cosine_ms"]
+                           else ("exact" if h else "")])
+        del m
+    add_table(res, f"Exact search, one query, top {k} (PreparedMatrix on float32, no copy) against the embedded "
+                   f"HNSW p50 at the same size: exact cost grows linearly with N, HNSW's barely.",
+              ["vectors", "exact cosine (ms)", "exact L1 (ms)", "HNSW p50 (ms)", "faster"], exact_rows)
+    both = sorted(n for n in exact if n in hnsw)
+    if both:
+        slope = np.polyfit(sorted(exact), [exact[n]["cosine_ms"] for n in sorted(exact)], 1)[0]  # ms per vector
+        cross = [n for n in both if hnsw[n]["p50_ms"] < exact[n]["cosine_ms"]]
+        est = int(np.median([hnsw[n]["p50_ms"] for n in both]) / slope) if slope > 0 else None
+        res["notes"].append(
+            "HNSW overtakes exact cosine search " + (f"by {cross[0]:,} vectors" if cross else "at none of the sizes built")
+            + (f"; on the linear fit of exact time (about {1e6 * slope:.1f} ms per million vectors) against the "
+               f"HNSW median, the crossover is near {est:,} vectors" if est else "") + ".")
+    return exact
+
+
 def run(sizes: tuple[int, ...] = (10_000, 100_000), server_n: int = 100_000,
         exact_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), queries: int = 200, dim: int = 512,
         k: int = 10, ef_sweep: tuple[int, ...] = EF_SWEEP, name: str = "vectors", workdir: str | None = None,
         dataset: str = "random") -> dict:
+    """Embedded Chroma in steps with an ef_search sweep, a Chroma server, and exact search, all on the
+    same generated vectors and queries, as one bench result."""
     logging.getLogger("chromadb").setLevel(logging.WARNING)
     sizes = tuple(sorted(sizes))
     n_max = max(sizes + tuple(exact_sizes) + (server_n,))
@@ -192,95 +295,16 @@ def run(sizes: tuple[int, ...] = (10_000, 100_000), server_n: int = 100_000,
                             f"{time.perf_counter() - t0:.0f} s; {queries} queries drawn the same way (not library rows).")
         truths = {n: exact_top(data[:n], qs, k) for n in sorted(set(sizes) | set(exact_sizes) | {server_n}) if n}
 
-        # -- embedded Chroma, filled in steps ------------------------------------------------
-        hnsw_rows, hnsw = [], {}
+        hnsw: dict[int, dict[str, float]] = {}
         if sizes:
-            client, col = open_collection(tmp / "embedded", create=True)
-            batch = int(client.get_max_batch_size())
-            built, total_s = 0, 0.0
-            rss_before = rss_mb() or 0.0
-            cpu_s = 0.0
-            for n in sizes:
-                c0 = cpu_seconds()
-                with PeakMemory() as pm:
-                    total_s += fill(col, data, built, n, batch)
-                cpu_s += cpu_seconds() - c0
-                built = n
-                q = time_queries(col, qs, truths[n], k)
-                hnsw[n] = {"build_s": total_s, "build_cpu_s": cpu_s, "disk_mb": disk_mb(tmp / "embedded"),
-                           "peak_mb": pm.peak_mb, **q}
-                hnsw_rows.append([f"{n:,}", f"{total_s:.0f}", f"{cpu_s:.0f}", f"{n / total_s:.0f}", f"{hnsw[n]['disk_mb']:.0f}",
-                                  f"{pm.peak_mb:.0f} ({pm.peak_mb - rss_before:+.0f})", fmt_ms(q["p50_ms"]),
-                                  fmt_ms(q["p99_ms"]), f"{q['recall']:.3f}"])
-                log.info("embedded %d: %s", n, hnsw[n])
-            del client, col
-            add_table(res, f"Embedded Chroma (PersistentClient), one cosine collection, HNSW {HNSW}. Build is "
-                           f"cumulative upsert time (wall clock, and CPU seconds of all the process's threads, which "
-                           f"other jobs on the machine hardly change); peak is the process's resident peak while filling up to that "
-                           f"size (in brackets: above the {rss_before:.0f} MB the process held before, which "
-                           f"includes the source vectors); queries are single, k={k}, p50/p99 over {queries}.",
-                      ["vectors", "build (s)", "build CPU (s)", "vectors/s", "disk (MB)", "peak RSS (MB)", "p50 (ms)",
-                       "p99 (ms)", f"recall@{k}"], hnsw_rows)
-            # -- ef_search sweep at the largest size ------------------------------------------
-            n = sizes[-1]
-            sweep_rows, sweep = [], {}
-            for ef in ef_sweep:
-                client, col = open_collection(tmp / "embedded", ef_search=ef)
-                sweep[ef] = time_queries(col, qs, truths[n], k, warmup=10)
-                sweep_rows.append([ef, fmt_ms(sweep[ef]["p50_ms"]), fmt_ms(sweep[ef]["p99_ms"]), f"{sweep[ef]['recall']:.3f}"])
-                del client, col
-            add_table(res, f"ef_search at {n:,} vectors (same index, reopened with each setting; the product "
-                           f"uses {HNSW['ef_search']}).", ["ef_search", "p50 (ms)", "p99 (ms)", f"recall@{k}"], sweep_rows)
-            good = [ef for ef in ef_sweep if sweep[ef]["recall"] >= 0.95]
+            hnsw = embedded_builds(res, tmp / "embedded", data, qs, truths, sizes, k)
+            sweep = ef_sweep_at(res, tmp / "embedded", qs, truths[sizes[-1]], sizes[-1], k, ef_sweep, hnsw)
             res["figures"].update({"hnsw": hnsw, "sweep": sweep})
-            at = sweep[good[0]] if good else max(sweep.values(), key=lambda r: r["recall"])
-            label = f"ef_search {good[0]}" if good else "best ef tried"
-            add_check(res, f"Chroma, {n:,} vectors: recall@{k}", ">= 0.95",
-                      f"{at['recall']:.3f} ({label}); {hnsw[n]['recall']:.3f} at the product's ef_search {HNSW['ef_search']}",
-                      at["recall"] >= 0.95)
-            add_check(res, f"Chroma, {n:,} vectors: query p50", "< 10 ms",
-                      f"{fmt_ms(at['p50_ms'])} ms ({label}); {fmt_ms(hnsw[n]['p50_ms'])} ms at ef_search {HNSW['ef_search']}",
-                      at["p50_ms"] < 10)
-            add_check(res, f"Chroma, {n:,} vectors: build time (one collection)", "reported",
-                      f"{hnsw[n]['build_s']:.0f} s, {hnsw[n]['disk_mb']:.0f} MB on disk", None)
-
-        # -- Chroma server ---------------------------------------------------------------------
         if server_n:
             srv = server_run(data, qs, truths[server_n], server_n, k, tmp)
             res["figures"]["server"] = srv
-            add_table(res, f"Chroma server (`chroma run` on 127.0.0.1, HttpClient), {server_n:,} vectors, same settings.",
-                      ["vectors", "build (s)", "vectors/s", "disk (MB)", "server peak RSS (MB)", "p50 (ms)", "p99 (ms)",
-                       f"recall@{k}"],
-                      [[f"{server_n:,}", f"{srv['build_s']:.0f}", f"{server_n / srv['build_s']:.0f}", f"{srv['disk_mb']:.0f}",
-                        f"{srv['server_peak_mb']:.0f}" if srv["server_peak_mb"] else "n/a", fmt_ms(srv["p50_ms"]),
-                        fmt_ms(srv["p99_ms"]), f"{srv['recall']:.3f}"]])
-
-        # -- exact search ------------------------------------------------------------------------
-        exact_rows, exact = [], {}
-        for n in sorted(exact_sizes):
-            m = PreparedMatrix(data[:n])
-            it = iter(np.concatenate([qs] * 4))
-            cos = timed(lambda: top_k(m.scores(next(it), "cosine"), k, True), repeat=min(30, queries), warmup=2)
-            l1 = timed(lambda: top_k(m.scores(next(it), "l1"), k, False), repeat=5 if n >= 500_000 else 10, warmup=1)
-            exact[n] = {"cosine_ms": median_ms(cos), "l1_ms": median_ms(l1)}
-            h = hnsw.get(n)
-            exact_rows.append([f"{n:,}", fmt_ms(exact[n]["cosine_ms"]), fmt_ms(exact[n]["l1_ms"]),
-                               fmt_ms(h["p50_ms"]) if h else "not built", "HNSW" if h and h["p50_ms"] < exact[n]["cosine_ms"]
-                               else ("exact" if h else "")])
-            del m
-        res["figures"]["exact"] = exact
-        add_table(res, f"Exact search, one query, top {k} (PreparedMatrix on float32, no copy) against the embedded "
-                       f"HNSW p50 at the same size: exact cost grows linearly with N, HNSW's barely.",
-                  ["vectors", "exact cosine (ms)", "exact L1 (ms)", "HNSW p50 (ms)", "faster"], exact_rows)
-        both = sorted(n for n in exact if n in hnsw)
-        if both:
-            slope = np.polyfit(sorted(exact), [exact[n]["cosine_ms"] for n in sorted(exact)], 1)[0]  # ms per vector
-            cross = [n for n in both if hnsw[n]["p50_ms"] < exact[n]["cosine_ms"]]
-            est = int(np.median([hnsw[n]["p50_ms"] for n in both]) / slope) if slope > 0 else None
-            res["notes"].append(
-                "HNSW overtakes exact cosine search " + (f"by {cross[0]:,} vectors" if cross else "at none of the sizes built")
-                + (f"; on the linear fit of exact time (about {1e6 * slope:.1f} ms per million vectors) against the "
-                   f"HNSW median, the crossover is near {est:,} vectors" if est else "") + ".")
+            report_server(res, srv, k)
+        res["figures"]["exact"] = exact_search(res, data, qs, exact_sizes, k, hnsw)
     return res
 
 

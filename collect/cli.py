@@ -10,18 +10,20 @@ import argparse
 import logging
 from pathlib import Path
 
+from retrieval.cli import add_index_build_options, cmd_index
 from retrieval.errors import LookalikeError
+from retrieval.paths import ARTIFACTS, DEFAULT_DATA, DEFAULT_INDEX
 
 log = logging.getLogger(__name__)
 
-WORK = Path("artifacts/collect")
+WORK = ARTIFACTS / "collect"
 PATHS: dict[str, tuple[Path, str]] = {
     "urls": (WORK / "urls.json", "crawled URLs, {category: {term: [urls]}}"),
     "raw": (WORK / "raw", "downloaded images raw/<category>/<term>/ and manifest.json"),
     "clean": (WORK / "clean", "cleaned images clean/<class>/"),
     "quarantine": (WORK / "quarantine", "rejected images and reasons.jsonl"),
-    "data": (Path("data"), "the library data/{train,test}/<class>/"),
-    "index": (Path("index"), "the index folder"),
+    "data": (DEFAULT_DATA, "the library data/{train,test}/<class>/"),
+    "index": (DEFAULT_INDEX, "the index folder"),
 }
 DEFAULT_MAX_IMAGES = 24  # the seed's 19 train + 1 test, plus room for what the cleaner rejects
 
@@ -110,11 +112,7 @@ def _push_args(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("index")
-    g.add_argument("--model", default=None,
-                   help="embedder spec for the index stage (default: the index stage's default; 'none' = pixels only)")
-    g.add_argument("--pixel-size", type=int, default=None, help="pixel-index image side (default: the index stage's)")
-    g.add_argument("--chroma-url", default=None, help="Chroma server http://HOST:PORT (default: embedded store)")
+    add_index_build_options(p.add_argument_group("index"))   # the index stage's own options
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -170,13 +168,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     s = pull(args.repo_id, args.data, revision=args.revision)
     print(f"pull: {s.get('train', 0)} train + {s.get('test', 0)} test images, {s['classes']} classes "
           f"({s['written']} written, {s['unchanged']} unchanged) -> {args.data}")
-    return 0
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    from retrieval.indexing import build_index  # the retrieval side; imported only when indexing
-    s = build_index(args.data, args.index, pixel_size=args.pixel_size, model=args.model, chroma_url=args.chroma_url)
-    print(f"index: {s['images']} images at {s['pixel_size']}px ({s['embedded']} embedded) -> {args.index}")
     return 0
 
 

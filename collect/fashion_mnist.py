@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from retrieval.atomic import write_bytes, write_json
+from retrieval.atomic import write_bytes
+from retrieval.attribution import make_record, write_attribution
 from retrieval.errors import LibraryError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
 IDX_UBYTE = 0x08
 ATTRIBUTION = ("Fashion-MNIST, Zalando Research (Xiao, Rasul and Vollgraf, 2017), MIT licence; "
                "https://github.com/zalandoresearch/fashion-mnist, via the Debian package dataset-fashion-mnist")
+UPSTREAM = "https://github.com/zalandoresearch/fashion-mnist"
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -104,9 +106,21 @@ def export_library(out: Path, *, root: Path = ROOT, limit_train: int | None = No
             summary["written"] += written
             summary["kept"] += n - written
             summary["splits"][split] = {"images": n, "per_class": np.bincount(labels[:n], minlength=len(CLASSES)).tolist()}
-    write_json(out / "ATTRIBUTION.json", {"source": ATTRIBUTION, "license": "MIT", "classes": list(CLASSES)})
+    _write_attribution(out, root, sum(s["images"] for s in summary["splits"].values()))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary
+
+
+def _write_attribution(out: Path, root: Path, images: int) -> None:
+    """One record for the whole export (not one per image: 70,000 would only repeat it)."""
+    record = make_record(source="Fashion-MNIST", licence="MIT", images=images,
+                         author="Zalando Research (Xiao, Rasul and Vollgraf, 2017)", credit=ATTRIBUTION,
+                         url=UPSTREAM, original=str(root))
+    markdown = (f"# Fashion-MNIST: attribution\n\n{images} greyscale 28x28 images in {len(CLASSES)} classes "
+                f"({', '.join(CLASSES)}), written as PNG by `python build_index.py fashion-mnist` from the "
+                f"Debian package dataset-fashion-mnist ({root}).\n\n{ATTRIBUTION}.\n\n"
+                "Fashion-MNIST is released under the MIT licence; see the upstream repository for its text.\n")
+    write_attribution(out, [record], markdown=markdown)
 
 
 def register(sub: "argparse._SubParsersAction") -> None:

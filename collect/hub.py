@@ -16,7 +16,6 @@ fetches it with snapshot_download. The token comes from HF_TOKEN or the `hf auth
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -31,6 +30,7 @@ import yaml
 from huggingface_hub import HfApi, snapshot_download
 
 from retrieval.atomic import write_bytes
+from retrieval.attribution import read_attribution
 from retrieval.errors import LibraryError, LookalikeError
 
 from .split import SPLITS, list_classes
@@ -150,21 +150,13 @@ def _sniff_ext(data: bytes) -> str:
 # ---- the repo's files ---------------------------------------------------------------------------
 
 def _summarise_attribution(data_dir: Path) -> tuple[Counter, Counter] | None:
-    """(images per licence, images per source) from data/ATTRIBUTION.json, if there is one."""
-    path = Path(data_dir) / "ATTRIBUTION.json"
-    if not path.is_file():
+    """(images per licence, images per source) from data/ATTRIBUTION.json, if it has usable records."""
+    attribution = read_attribution(Path(data_dir))
+    if attribution.problem:
+        log.warning("%s (in %s)", attribution.problem, data_dir)
+    if not attribution.records:
         return None
-    try:
-        records = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable %s (%s)", path, exc)
-        return None
-    if isinstance(records, dict):
-        records = records.get("images") or records.get("records") or list(records.values())
-    records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
-    licences = Counter(str(r.get("licence_id") or r.get("licence") or r.get("license") or "unknown") for r in records)
-    sources = Counter(str(r.get("package") or r.get("source") or "unknown") for r in records)
-    return licences, sources
+    return attribution.licences, attribution.sources
 
 
 def hub_license(licences: Iterable[str]) -> str:
@@ -218,7 +210,7 @@ def dataset_card(dd, repo_id: str, *, attribution: tuple[Counter, Counter] | Non
     ]
     if attribution:
         licences, sources = attribution
-        lines += ["Summarised from `ATTRIBUTION.json` (one record per image, included in this repo):", "",
+        lines += ["Summarised from `ATTRIBUTION.json` (per-image or per-data-set records, included in this repo):", "",
                   "| licence | images |", "|---|---|",
                   *[f"| {k} | {v} |" for k, v in licences.most_common()], "",
                   "| source | images |", "|---|---|", *[f"| {k} | {v} |" for k, v in sources.most_common()], ""]
@@ -289,7 +281,8 @@ def resolve_token(token: str | None = None) -> str | None:
 def stage_index(index_dir: Path, folder: Path) -> list[str]:
     """Copy a built index into folder/index/ for upload: the manifest, the arrays it names, the
     evaluation and the embedded Chroma store. The app downloads this folder on a Space."""
-    from retrieval.manifest import EVALUATION, MANIFEST, Manifest
+    from retrieval.manifest import Manifest
+    from retrieval.paths import EVALUATION, MANIFEST
 
     index_dir = Path(index_dir)
     manifest = Manifest.read(index_dir)  # a clear error when there is no built index
@@ -359,3 +352,32 @@ def pull(repo_id: str, data_dir: Path, *, revision: str | None = None, token: st
                 write_bytes(data_dir / name, (Path(tmp) / name).read_bytes())
     log.info("pull: %s -> %s (%d written, %d unchanged)", repo_id, data_dir, summary["written"], summary["unchanged"])
     return {"repo_id": repo_id, **summary}
+
+
+def restore_from_hub(repo_id: str, local_dir: Path, *, build_hint: str = "") -> tuple[Path, Path]:
+    """Fetch the repo's index/ folder and restore the library beside it; returns (index_dir, data_dir).
+
+    The app calls this on a Space, whose disk does not persist. The library travels as Parquet,
+    so `pull` writes it back as data/<split>/<class>/<file> with the original bytes: the manifest's
+    content hashes still match.
+    """
+    from retrieval.errors import IndexError_
+    from retrieval.paths import HUB_INDEX, MANIFEST
+
+    local_dir = Path(local_dir)
+    log.info("fetching the index and library of the Hub dataset %s into %s", repo_id, local_dir)
+    try:
+        snapshot_download(repo_id, repo_type="dataset", local_dir=str(local_dir), token=resolve_token(),
+                          allow_patterns=[f"{HUB_INDEX}/*"])
+    except Exception as exc:  # HfHubHTTPError, offline mode, network: say what to check
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise IndexError_(f"downloading the index from the Hub dataset {repo_id} failed: {type(exc).__name__}: "
+                          f"{first}. Check the repo id, the network (and HF_HUB_OFFLINE), and HF_TOKEN for a "
+                          "private repo.") from None
+    index_dir = local_dir / HUB_INDEX
+    if not (index_dir / MANIFEST).is_file():
+        raise IndexError_(f"the Hub dataset {repo_id} has no {HUB_INDEX}/{MANIFEST}: upload a built index "
+                          "folder there (beside data/)" + (f", or build one locally with: {build_hint}" if build_hint else ""))
+    data_dir = local_dir / "data"
+    pull(repo_id, data_dir)
+    return index_dir, data_dir

@@ -21,7 +21,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 from urllib.parse import unquote
 
@@ -29,8 +29,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from retrieval.atomic import write_bytes, write_json
+from retrieval.attribution import licence_id, make_record, read_attribution, write_attribution
 from retrieval.errors import ImageError, LibraryError
 from retrieval.images import load_image
+from retrieval.paths import ATTRIBUTION
 
 from .qrc import QrcBundle, QrcError
 from .split import assign_splits
@@ -172,15 +174,6 @@ def _package_credit(copyright_file: Path, package: str) -> dict[str, str]:
             break
     credit["credits_from"] = str(copyright_file)
     return credit
-
-
-def licence_id(stated: str) -> str:
-    """A normalised licence name for counting ('CC-BY-SA 4.0' and 'CC-BY-SA-4.0' are one licence)."""
-    s = re.sub(r"\s+", "-", stated.strip())
-    s = re.sub(r"^GPLv", "GPL-", s, flags=re.IGNORECASE)
-    if s.lower() in ("public-domain", "pd"):
-        return "Public-Domain"
-    return s or "unknown"
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -403,11 +396,11 @@ def _clean_temp_and_empty(out: Path) -> None:
 
 
 def _attribution_md(records: list[dict], summary: dict) -> str:
-    by_pkg = Counter(r["package"] for r in records)
-    by_lic = Counter(r["licence_id"] for r in records)
+    by_pkg = Counter(r["source"] for r in records)
+    by_lic = Counter(r["licence"] for r in records)
     authors: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        authors[r["licence_id"]].update(p.strip() for p in r["copyright"].split(";") if p.strip())
+        authors[r["licence"]].update(p.strip() for p in r.get("author", "").split(";") if p.strip())
     lines = [
         "# Sample library: attribution",
         "",
@@ -419,8 +412,9 @@ def _attribution_md(records: list[dict], summary: dict) -> str:
         f"{summary['params']['max_side']} px), transparent cut-outs were flattened onto white, and all "
         "were re-encoded as JPEG.",
         "",
-        "`ATTRIBUTION.json` has one record per image: file, class, split, package, original file, "
-        "copyright holder, licence as stated by the package, source and the file the credit was read from.",
+        f"`{ATTRIBUTION}` has one record per image: file, class, split, source (the Debian package), "
+        "licence id, original file, author (the copyright holder), the licence as the package states it, "
+        "the upstream page where there is one and the file the credit was read from.",
         "GCompris credits come from the README inside each bundle folder; Tux Paint stamps carry the "
         "package licence from its debian/copyright.",
         "",
@@ -434,6 +428,127 @@ def _attribution_md(records: list[dict], summary: dict) -> str:
     for lic in sorted(authors):
         lines.append(f"- **{lic}**: " + "; ".join(sorted(authors[lic])))
     return "\n".join(lines) + "\n"
+
+
+def _assign_splits(selected: list[Candidate], *, test_fraction: float, seed: int
+                   ) -> tuple[dict[str, tuple[list[str], list[str]]], dict[str, str]]:
+    """(per class (train names, test names), split of each name): the seeded split, kept apart
+    from the files so that another seed only moves images."""
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for cand in selected:
+        by_class[cand.cls].append(cand.name)
+    splits = assign_splits(by_class, n_test=None, n_train=None, test_fraction=test_fraction, seed=seed)
+    split_of = {name: split for cls, (train, test) in splits.items()
+                for split, names in (("train", train), ("test", test)) for name in names}
+    return splits, split_of
+
+
+def _previous_build(out: Path, params: dict) -> tuple[bool, dict[str, str]]:
+    """(may images be reused, {file name: sha256 of the picture it was made from}).
+
+    Reuse needs the same encoding settings as the earlier run (finished or not); the digests come
+    from its attribution, so a picture that changed in an upgraded package is made again.
+    """
+    previous = {}
+    for marker in (out / SUMMARY_NAME, out / PARTIAL_NAME):
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8")).get("params", {})
+            break
+        except (OSError, ValueError, AttributeError):
+            continue
+    made_from = {PurePosixPath(r["file"]).name: r["original_sha256"]
+                 for r in read_attribution(out).records
+                 if "file" in r and isinstance(r.get("original_sha256"), str)}
+    return previous == params, made_from
+
+
+@dataclass
+class _Placement:
+    """What bringing the folder up to date involves: images still to encode, and what was kept."""
+
+    todo: list[tuple[Candidate, Path]]
+    reused: int = 0
+    moved: int = 0
+    removed: int = 0
+
+
+def _place_existing(out: Path, selected: list[Candidate], split_of: dict[str, str], existing: dict[str, Path],
+                    *, reuse: bool, made_from: dict[str, str]) -> _Placement:
+    """Keep or move the images an earlier run wrote and delete those no longer planned, so a rerun
+    only encodes what is new or changed."""
+    placement = _Placement(todo=[])
+    planned: set[Path] = set()
+    for cand in selected:
+        dest = out / split_of[cand.name] / cand.cls / f"{cand.name}.jpg"
+        planned.add(dest)
+        old = existing.get(dest.name)
+        if old is not None and (not reuse or made_from.get(dest.name, cand.digest) != cand.digest):
+            old = None
+        if old is not None and old == dest:
+            placement.reused += 1
+        elif old is not None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old, dest)
+            placement.moved += 1
+        else:
+            placement.todo.append((cand, dest))
+    for path in existing.values():
+        if path not in planned and path.exists():
+            path.unlink()
+            placement.removed += 1
+    _clean_temp_and_empty(out)
+    return placement
+
+
+def _encode_all(todo: list[tuple[Candidate, Path]], *, max_side: int, quality: int, workers: int | None) -> None:
+    """Encode and write the images in threads (PIL releases the GIL); on Ctrl-C, stop without the
+    queued work, so what was written stays and the next run resumes from there."""
+    def work(item: tuple[Candidate, Path]) -> None:
+        cand, dest = item
+        write_bytes(dest, encode_jpeg(cand.read(), cand.original, max_side=max_side, quality=quality))
+
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    failed: list[str] = []
+    pool = ThreadPoolExecutor(max_workers=n_workers)
+    try:
+        with tqdm(total=len(todo), desc="sample images", unit="img", disable=not todo) as bar:
+            for item, future in [(item, pool.submit(work, item)) for item in todo]:
+                try:
+                    future.result()
+                except ImageError as exc:
+                    failed.append(item[0].name)
+                    log.warning("skipping %s: %s", item[0].original, exc)
+                bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C, stop without the queued work
+    if failed:
+        raise LibraryError(f"{len(failed)} sample pictures could not be converted (first: {failed[0]}); "
+                           f"the packages may be damaged: reinstall them with {INSTALL_HINT}")
+
+
+def _records(selected: list[Candidate], split_of: dict[str, str]) -> list[dict]:
+    """One attribution record per image, sorted by file: who made it, under which licence, from where.
+    `original_sha256` lets the next run notice a picture that changed upstream."""
+    records = []
+    for cand in selected:
+        split = split_of[cand.name]
+        credit = cand.credit
+        records.append(make_record(
+            source=cand.package,
+            licence=licence_id(credit.get("licence", "")),
+            **{"file": f"{split}/{cand.cls}/{cand.name}.jpg", "class": cand.cls, "split": split},
+            original=cand.original,
+            author=credit.get("copyright"),
+            page_url=credit.get("source"),
+            licence_stated=credit.get("licence"),
+            comment=credit.get("comment"),
+            note=credit.get("note"),
+            **cand.extra,
+            credits_from=credit.get("credits_from"),
+            original_sha256=cand.digest,
+        ))
+    records.sort(key=lambda r: r["file"])
+    return records
 
 
 def build_sample_library(
@@ -463,102 +578,22 @@ def build_sample_library(
     selected = plan_sample(gcompris_root=gcompris_root, tuxpaint_root=tuxpaint_root,
                            gcompris_copyright=gcompris_copyright, tuxpaint_copyright=tuxpaint_copyright,
                            class_map=class_map)
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for cand in selected:
-        by_class[cand.cls].append(cand.name)
-    splits = assign_splits(by_class, n_test=None, n_train=None, test_fraction=test_fraction, seed=seed)
-    split_of = {name: split for cls, (train, test) in splits.items()
-                for split, names in (("train", train), ("test", test)) for name in names}
+    splits, split_of = _assign_splits(selected, test_fraction=test_fraction, seed=seed)
 
     out.mkdir(parents=True, exist_ok=True)
     params = {"format_version": FORMAT_VERSION, "max_side": max_side, "jpeg_quality": quality}
     existing = _our_files(out)
-    previous = {}
-    for marker in (out / SUMMARY_NAME, out / PARTIAL_NAME):
-        try:
-            previous = json.loads(marker.read_text(encoding="utf-8")).get("params", {})
-            break
-        except (OSError, ValueError):
-            continue
-    reuse = previous == params
-    try:  # what each existing image was made from, so an upgraded package's new pictures are re-made
-        made_from = {Path(r["file"]).name: r["original_sha256"]
-                     for r in json.loads((out / "ATTRIBUTION.json").read_text(encoding="utf-8"))}
-    except (OSError, ValueError, KeyError, TypeError):
-        made_from = {}
+    reuse, made_from = _previous_build(out, params)
     if existing and not reuse:
         log.info("encoding settings changed (or unknown); re-encoding every image")
     # Mark the run as unfinished before touching anything: sample.json only comes back at the end.
     write_json(out / PARTIAL_NAME, {"params": params})
     (out / SUMMARY_NAME).unlink(missing_ok=True)
 
-    todo: list[tuple[Candidate, Path]] = []
-    reused = moved = 0
-    planned: set[Path] = set()
-    for cand in selected:
-        dest = out / split_of[cand.name] / cand.cls / f"{cand.name}.jpg"
-        planned.add(dest)
-        old = existing.get(dest.name)
-        if old is not None and (not reuse or made_from.get(dest.name, cand.digest) != cand.digest):
-            old = None
-        if old is not None and old == dest:
-            reused += 1
-        elif old is not None:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(old, dest)
-            moved += 1
-        else:
-            todo.append((cand, dest))
-    removed = 0
-    for path in existing.values():
-        if path not in planned and path.exists():
-            path.unlink()
-            removed += 1
-    _clean_temp_and_empty(out)
+    placement = _place_existing(out, selected, split_of, existing, reuse=reuse, made_from=made_from)
+    _encode_all(placement.todo, max_side=max_side, quality=quality, workers=workers)
 
-    def work(item: tuple[Candidate, Path]) -> None:
-        cand, dest = item
-        write_bytes(dest, encode_jpeg(cand.read(), cand.original, max_side=max_side, quality=quality))
-
-    n_workers = workers or min(8, os.cpu_count() or 1)
-    failed: list[str] = []
-    pool = ThreadPoolExecutor(max_workers=n_workers)
-    try:
-        with tqdm(total=len(todo), desc="sample images", unit="img", disable=not todo) as bar:
-            for item, future in [(item, pool.submit(work, item)) for item in todo]:
-                try:
-                    future.result()
-                except ImageError as exc:
-                    failed.append(item[0].name)
-                    log.warning("skipping %s: %s", item[0].original, exc)
-                bar.update(1)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C, stop without the queued work
-    if failed:
-        raise LibraryError(f"{len(failed)} sample pictures could not be converted (first: {failed[0]}); "
-                           f"the packages may be damaged: reinstall them with {INSTALL_HINT}")
-
-    records = []
-    for cand in selected:
-        split = split_of[cand.name]
-        credit = cand.credit
-        records.append({
-            "file": f"{split}/{cand.cls}/{cand.name}.jpg",
-            "class": cand.cls,
-            "split": split,
-            "package": cand.package,
-            "original": cand.original,
-            "copyright": credit.get("copyright", ""),
-            "licence": credit.get("licence", ""),
-            "licence_id": licence_id(credit.get("licence", "")),
-            **({"source": credit["source"]} if credit.get("source") else {}),
-            **({"comment": credit["comment"]} if credit.get("comment") else {}),
-            **({"note": credit["note"]} if credit.get("note") else {}),
-            **cand.extra,
-            "credits_from": credit.get("credits_from", ""),
-            "original_sha256": cand.digest,
-        })
-    records.sort(key=lambda r: r["file"])
+    records = _records(selected, split_of)
     classes = {cls: {"train": len(tr), "test": len(te)} for cls, (tr, te) in sorted(splits.items())}
     summary = {
         "format_version": FORMAT_VERSION,
@@ -567,16 +602,16 @@ def build_sample_library(
         "test_fraction": test_fraction,
         "images": len(records),
         "classes": classes,
-        "packages": dict(sorted(Counter(r["package"] for r in records).items())),
-        "licences": dict(sorted(Counter(r["licence_id"] for r in records).items())),
-        "attribution": "ATTRIBUTION.json",
+        "packages": dict(sorted(Counter(r["source"] for r in records).items())),
+        "licences": dict(sorted(Counter(r["licence"] for r in records).items())),
+        "attribution": ATTRIBUTION,
     }
-    write_json(out / "ATTRIBUTION.json", records)
-    write_bytes(out / "ATTRIBUTION.md", _attribution_md(records, summary).encode("utf-8"))
+    write_attribution(out, records, markdown=_attribution_md(records, summary))
     write_json(out / SUMMARY_NAME, summary)  # last: marks a finished build
     (out / PARTIAL_NAME).unlink(missing_ok=True)
-    return {**summary, "out": str(out), "encoded": len(todo), "reused": reused, "moved": moved,
-            "removed": removed, "seconds": round(time.perf_counter() - start, 2)}
+    return {**summary, "out": str(out), "encoded": len(placement.todo), "reused": placement.reused,
+            "moved": placement.moved, "removed": placement.removed,
+            "seconds": round(time.perf_counter() - start, 2)}
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -586,7 +621,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "sample", help="build the offline sample library from Debian packages",
         description="Build a class-labelled photo library (OUT/{train,test}/<class>/*.jpg, with "
-                    "OUT/ATTRIBUTION.json) offline from the Debian packages gcompris-qt-data and "
+                    f"OUT/{ATTRIBUTION}) offline from the Debian packages gcompris-qt-data and "
                     f"tuxpaint-stamps-default ({INSTALL_HINT}). Reruns are cheap and give the same files.")
     p.add_argument("--out", type=Path, default=Path("data"), help="library folder (default: data)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
@@ -611,5 +646,5 @@ def _run(args: argparse.Namespace) -> int:
     for cls, counts in summary["classes"].items():
         print(f"  {cls:<14} train {counts['train']:>3}  test {counts['test']:>2}")
     print(f"licences: {', '.join(f'{k} {v}' for k, v in summary['licences'].items())} "
-          f"(see {summary['out']}/ATTRIBUTION.json)")
+          f"(see {summary['out']}/{ATTRIBUTION})")
     return 0

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
 from .errors import LookalikeError
-
-DEFAULT_INDEX = Path("index")
+from .paths import DEFAULT_DATA, DEFAULT_INDEX
+from .runner import run
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index folder (default: index)")
+    p.add_argument("--index", type=Path, default=DEFAULT_INDEX, help=f"index folder (default: {DEFAULT_INDEX})")
     p.add_argument("--data", type=Path, default=None,
                    help="library root, if it moved since the index was built (default: as recorded)")
     p.add_argument("--pixel-size", type=int, default=None, help="refuse an index built at another size")
@@ -31,14 +29,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     if (args.image is None) == (args.text is None):
         raise LookalikeError("give exactly one query: an IMAGE path or --text 'a prompt'")
     index = _open(args)
-    if args.text is not None:
-        hits, secs = index.search_text(args.text, args.method, args.k)
-    else:
-        hits, secs = index.search(args.image, args.method or "pixel-l1", args.k)
-    method = args.method or ("pixel-l1" if args.text is None else f"{index.manifest.embedder['name']}-cosine")
+    method = args.method or ("pixel-l1" if args.text is None or not index.manifest.embedder
+                             else f"{index.manifest.embedder['name']}-cosine")
     order = index.parse_method(method)
+    # Loading the model (and Chroma) is reported apart from the query; a text query on an index
+    # without a text tower is refused by search_text before anything loads.
+    loaded, load_secs = index.prepare(method) if args.text is None or index.has_text else (set(), 0.0)
+    if args.text is not None:
+        hits, secs = index.search_text(args.text, method, args.k)
+    else:
+        hits, secs = index.search(args.image, method, args.k)
+    if loaded:
+        print(f"# loaded the {' and '.join(sorted(loaded))} in {load_secs:.2f} s")
     print(f"# {method} ({'higher' if order.higher_is_better else 'lower'} is more similar), "
-          f"{secs * 1000:.1f} ms")
+          f"query {secs * 1000:.1f} ms")
     print("rank\tclass\tscore\tpath")
     for h in hits:
         print(f"{h.rank}\t{h.label}\t{h.score:.6g}\t{h.path}")
@@ -56,7 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     index = _open(args)
     report = evaluate_index(index, methods=args.methods or None)
     if args.save:
-        from .manifest import EVALUATION
+        from .paths import EVALUATION
         atomic.write_json(index.index_dir / EVALUATION, report)
     print(json.dumps(report, indent=1) if args.json else format_table(report))
     return 0
@@ -72,6 +76,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    """The `index` stage, for both `build_index.py index` and `build_index.py all`."""
     from .indexing import build_index
     summary = build_index(args.data, args.index, pixel_size=args.pixel_size, model=args.model,
                           chroma_url=args.chroma_url, evaluate=not args.no_eval, batch_size=args.batch_size)
@@ -83,14 +88,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_index(sub: "argparse._SubParsersAction") -> None:
-    """The `index` stage of build_index.py."""
+def add_index_build_options(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
+    """The index stage's options (all but --data/--index), shared by `index` and `all`."""
     from .indexing import DEFAULT_PIXEL_SIZE
-    p = sub.add_parser("index", help="build or update the search index for DATA/train",
-                       description="Resize every library image once (pixel index), embed new or changed "
-                                   "images (--model), sync the Chroma collections and write evaluation.json.")
-    p.add_argument("--data", type=Path, default=Path("data"), help="library root with train/ and test/ (default: data)")
-    p.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index folder (default: index)")
     p.add_argument("--pixel-size", type=int, default=DEFAULT_PIXEL_SIZE,
                    help=f"side of the resized pixel vectors (default: {DEFAULT_PIXEL_SIZE})")
     p.add_argument("--model", default="auto",
@@ -100,6 +100,17 @@ def register_index(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--chroma-url", default=None, help="use a Chroma server http://HOST:PORT instead of the embedded store")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
     p.add_argument("--no-eval", action="store_true", help="skip writing evaluation.json")
+
+
+def register_index(sub: "argparse._SubParsersAction") -> None:
+    """The `index` stage of build_index.py."""
+    p = sub.add_parser("index", help="build or update the search index for DATA/train",
+                       description="Resize every library image once (pixel index), embed new or changed "
+                                   "images (--model), sync the Chroma collections and write evaluation.json.")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help=f"library root with train/ and test/ (default: {DEFAULT_DATA})")
+    p.add_argument("--index", type=Path, default=DEFAULT_INDEX, help=f"index folder (default: {DEFAULT_INDEX})")
+    add_index_build_options(p)
     p.set_defaults(func=cmd_index)
 
 
@@ -125,19 +136,6 @@ def make_parser() -> argparse.ArgumentParser:
     _index_args(m)
     m.set_defaults(func=cmd_methods)
     return parser
-
-
-def run(parser: argparse.ArgumentParser, argv: list[str] | None, *, quiet_level: int = logging.WARNING) -> int:
-    """Parse, configure logging (-v for debug) and run args.func; a LookalikeError becomes one line
-    on stderr and exit code 2, never a traceback. Shared by every front end."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else quiet_level,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except LookalikeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from . import atomic
 from .errors import ImageError, IndexError_, LookalikeError
 from .images import load_image, resize_pixels
-from .library import LibraryItem, file_sha256, scan_split
-from .manifest import EVALUATION, Manifest
+from .library import file_sha256, scan_split
+from .manifest import Manifest
+from .paths import EVALUATION
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,3 @@ def _remove_stale(index_dir: Path, manifest: Manifest) -> None:
             f.unlink(missing_ok=True)
     atomic.remove_leftovers(index_dir)
 
-
-def items_of(manifest: Manifest) -> list[LibraryItem]:
-    return [LibraryItem(it["path"], it["label"]) for it in manifest.items]

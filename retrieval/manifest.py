@@ -15,10 +15,9 @@ from typing import Any
 
 from . import atomic
 from .errors import IndexError_
+from .paths import MANIFEST
 
-MANIFEST = "manifest.json"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # no separators, not hidden, not '..'
-EVALUATION = "evaluation.json"
 FORMAT = 1
 PACKAGES = ("numpy", "pillow", "torch", "open_clip_torch", "timm", "chromadb", "gradio")
 

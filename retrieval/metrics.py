@@ -261,18 +261,3 @@ def top_k(scores: np.ndarray, k: int, higher_is_better: bool,
     part = np.argpartition(key, k - 1)[:k] if k < len(key) else np.arange(len(key))
     return part[np.lexsort((part, key[part]))]
 
-
-def full_ranking(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
-    """All indices, best first; ties broken by library order so results are reproducible."""
-    key = -scores if higher_is_better else scores
-    return np.argsort(key, kind="stable")
-
-
-# Textbook definitions, kept only as a reference for tests and documentation.
-REFERENCE: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "l1": lambda a, b: float(np.sum(np.abs(a - b))),
-    "l2": lambda a, b: float(np.mean((a - b) ** 2)),
-    "cosine": lambda a, b: float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + EPS)),
-    "corr": lambda a, b: float(np.dot(a - a.mean(), b - b.mean())
-                               / (np.linalg.norm(a - a.mean()) * np.linalg.norm(b - b.mean()) + EPS)),
-}

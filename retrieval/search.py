@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -90,6 +90,10 @@ class LookalikeIndex:
         emb = manifest.embedder
         self.embeddings = PreparedMatrix(self._array(emb["file"])) if emb else None
         self._embedder = None
+        self._store = None
+        # The model and the Chroma store load lazily, on first use; concurrent first queries from
+        # any front end (the app's worker threads, a script's thread pool) must load them once.
+        self._load_lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -139,14 +143,42 @@ class LookalikeIndex:
     def embedder(self):
         """The index's own embedder, loaded on first use (pixel-only queries never load a model)."""
         if self._embedder is None:
-            if not self.manifest.embedder:
-                raise IndexError_("this index has no embeddings; rebuild it with --model")
-            self.use_model(self.manifest.embedder["source"])
+            with self._load_lock:
+                if self._embedder is None:
+                    if not self.manifest.embedder:
+                        raise IndexError_("this index has no embeddings; rebuild it with --model")
+                    self.use_model(self.manifest.embedder["source"])
         return self._embedder
 
-    @cached_property
+    @property
     def store(self):
         """The Chroma store, opened on first HNSW query and checked against the manifest."""
+        if self._store is None:
+            with self._load_lock:
+                if self._store is None:
+                    self._store = self._open_store()
+        return self._store
+
+    def loaded(self) -> set[str]:
+        """What is in memory already: "model" and/or "store"."""
+        return {name for name, obj in (("model", self._embedder), ("store", self._store)) if obj is not None}
+
+    def prepare(self, method: str) -> tuple[set[str], float]:
+        """Load what `method` needs (the model; Chroma for HNSW) before timing a query.
+
+        Returns (what this call loaded, seconds it took), so front ends report loading apart from
+        the query itself. Pixel methods need nothing and return at once."""
+        m = self.parse_method(method)
+        if m.source == "pixel":
+            return set(), 0.0
+        before = self.loaded()
+        t0 = time.perf_counter()
+        self.embedder
+        if m.hnsw:
+            self.store
+        return self.loaded() - before, time.perf_counter() - t0
+
+    def _open_store(self):
         from .vectorstore import VectorStore
         rec = self.manifest.chroma
         if not rec:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 from gradio_client import Client
 
-from retrieval.app_ui import serve
+from webui.layout import serve
 from retrieval.search import LookalikeIndex
 
 

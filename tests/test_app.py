@@ -23,8 +23,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from retrieval.app_start import HUB_ENV, locate_index
-from retrieval.app_ui import build_demo, explain_winner, query_source
+from webui.start import HUB_ENV, locate_index
+from webui.handlers import query_source
+from webui.layout import build_demo
+from webui.texts import explain_winner
 from retrieval.errors import ImageError, IndexError_
 from retrieval.indexing import build_index
 from retrieval.library import file_sha256, scan_split
@@ -65,6 +67,16 @@ def test_endpoints_and_tabs(app):
     assert "has no text encoder" in config           # the Text tab explains why it is absent
     assert "effnet-corr" in config and "wins with mAP" in config   # the evaluation table and winner
     assert "CC0-1.0" in config and "gcompris-qt-data" in config    # About: sources and licences
+
+
+def test_about_tab_shows_no_server_paths(app):
+    """A public Space must not reveal where its files live: paths are relative to the app."""
+    from collections import Counter
+    from webui.texts import about_markdown
+    text = about_markdown(app.index, Counter())
+    for folder in (app.index.index_dir, app.index.data_dir):
+        assert str(Path(folder).resolve()) not in text and str(folder) not in text
+    assert f"`{app.index.index_dir.name}`" in text or f"/{app.index.index_dir.name}`" in text
 
 
 @pytest.mark.parametrize("metric", list(METRICS))
@@ -272,7 +284,7 @@ def test_winner_explanation():
 def test_app_py_serves_and_loads_no_model_at_start_up(sample_effnet_index, sample_data, tmp_path):
     """The real entry point: python app.py --index ... --port ...; torch and Chroma stay unloaded
     until the first deep query, so start-up stays fast."""
-    probe = ("import sys; from retrieval.search import LookalikeIndex; from retrieval.app_ui import build_demo; "
+    probe = ("import sys; from retrieval.search import LookalikeIndex; from webui.layout import build_demo; "
              "build_demo(LookalikeIndex.open(sys.argv[1])); "
              "print([m for m in ('torch', 'chromadb', 'open_clip') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe, str(sample_effnet_index)], cwd=ROOT, capture_output=True,

@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from retrieval.app_ui import serve
+from webui.layout import serve
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 

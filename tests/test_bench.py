@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import common
 from tests.conftest import make_tiny_library
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import common  # noqa: E402
 
 
 def check_result(res: dict, name: str) -> str:
@@ -34,7 +32,7 @@ def check_result(res: dict, name: str) -> str:
 def test_suite_runs_a_benchmark_in_a_child_and_writes_results(tmp_path):
     """`python -m bench --quick --only pixel_query` with tiny overrides: child process, JSON result,
     RESULTS.md with the targets table, rendered atomically into the folder given."""
-    from run import main
+    from bench.run import main
 
     data = make_tiny_library(tmp_path / "data", n_train=4, n_test=1)
     out, results = tmp_path / "RESULTS.md", tmp_path / "results"
@@ -52,7 +50,7 @@ def test_suite_runs_a_benchmark_in_a_child_and_writes_results(tmp_path):
 
 
 def test_suite_rejects_unknown_names():
-    from run import main, parse_sets
+    from bench.run import main, parse_sets
 
     with pytest.raises(SystemExit):
         main(["--only", "no_such_benchmark"])
@@ -64,7 +62,7 @@ def test_suite_rejects_unknown_names():
 def test_vectors_benchmark_smallest(tmp_path):
     """Embedded Chroma filled in two steps, the ef sweep, a `chroma run` server on 127.0.0.1 (started
     and stopped by the benchmark) and exact search, at a few hundred vectors."""
-    import vectors
+    from bench import vectors
 
     res = vectors.run(sizes=(200, 400), server_n=150, exact_sizes=(200, 400), queries=5, dim=16, k=5,
                       ef_sweep=(20, 80), workdir=str(tmp_path))
@@ -77,7 +75,7 @@ def test_vectors_benchmark_smallest(tmp_path):
 
 
 def test_vector_helpers_are_exact():
-    import vectors
+    from bench import vectors
 
     x = vectors.unit_vectors(50, 8, seed=3, block=7)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-5)
@@ -88,7 +86,7 @@ def test_vector_helpers_are_exact():
 
 def test_gpu_script_runs_on_cpu(tmp_path):
     """bench/gpu.py's pipelines (PIL, PIL draft, torchvision decode_jpeg, decoded cache) on CPU."""
-    import gpu
+    from bench import gpu
 
     data = make_tiny_library(tmp_path / "data", n_train=2, n_test=0)
     res = gpu.run(device="cpu", data=str(data), limit=3, batch=2, workers=1, seconds=0.01, batches_model=(1,),
@@ -103,7 +101,7 @@ def test_gpu_script_runs_on_cpu(tmp_path):
 
 def test_decode_benchmark_smallest(tmp_path, monkeypatch):
     """bench/decode.py on a tiny library: both paths run, the big JPEGs are made, vectors agree."""
-    import decode
+    from bench import decode
 
     monkeypatch.setattr(decode, "CACHE", tmp_path / "cache")
     data = make_tiny_library(tmp_path / "data", n_train=2, n_test=0)
@@ -116,7 +114,7 @@ def test_decode_benchmark_smallest(tmp_path, monkeypatch):
 
 def test_peak_memory_sees_an_allocation():
     """In a fresh process (here, freed memory kept by the allocator could hide a new block)."""
-    code = ("import sys, numpy as np; sys.path.insert(0, 'bench'); import common\n"
+    code = ("import numpy as np; from bench import common\n"
             "with common.PeakMemory() as pm:\n"
             "    block = np.ones(64 * 2**20, np.uint8)\n"
             "    del block\n"
@@ -125,3 +123,27 @@ def test_peak_memory_sees_an_allocation():
     start, peak = map(float, out.stdout.split())
     assert peak >= start + 50                      # the block was freed before the end: only a peak sees it
     assert common.percentile_ms([0.001 * i for i in range(1, 101)], 99) == pytest.approx(99)
+
+
+def test_every_module_imports_from_the_package():
+    """bench/ is a package: each module imports by its package name (relative imports inside), and
+    the suite's entries all name a module that has what the suite calls."""
+    import importlib
+
+    from bench.run import SUITE
+
+    names = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    mods = {name: importlib.import_module(f"bench.{name}") for name in names}
+    assert all(callable(getattr(m, "main", None)) for n, m in mods.items() if n not in ("common",))
+    for b in SUITE:
+        assert callable(getattr(mods[b.module], "main" if b.script_args is not None else "run"))
+
+
+def test_in_child_and_module_scripts_run_from_the_repository_root():
+    """A helper called in a fresh process (`from bench import ...` there), and a script's own entry
+    point, `python -m bench.<name>`."""
+    res = common.in_child("common", "result", name="x", title="t", config={"a": 1})
+    assert res["name"] == "x" and res["config"] == {"a": 1} and res["peak_mb"] > 0 and res["cpu_s"] >= 0
+    out = subprocess.run([sys.executable, "-m", "bench.pixel_sizes", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert "--sizes" in out.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ from retrieval.cli import main as cli_main
 from retrieval.errors import IndexError_, ModelError
 from retrieval.evaluate import evaluate_index
 from retrieval.indexing import build_index
-from retrieval.manifest import EVALUATION, Manifest
+from retrieval.manifest import Manifest
+from retrieval.paths import EVALUATION
 from retrieval.search import LookalikeIndex
 from retrieval.vectorstore import VectorStore
 
@@ -120,7 +120,11 @@ def test_clip_checkpoint_index_text_search_and_model_mismatch(tiny_library, tmp_
     hits_hnsw, _ = index.search_text("a red picture", "clip-hnsw-cosine", k=4)
     assert [h.rel for h in hits_hnsw] == [h.rel for h in hits]
     assert cli_main(["search", "--text", "a red picture", "--index", str(index_dir), "-k", "3"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 5
+    lines = capsys.readouterr().out.strip().splitlines()
+    # Model loading is reported on its own line, apart from the query's time; then header + 3 hits.
+    assert lines[0].startswith("# loaded the model in ") and lines[0].endswith(" s")
+    assert lines[1].startswith("# clip-cosine (higher is more similar), query ") and lines[1].endswith(" ms")
+    assert len(lines) == 6
     # An index built with model A refuses model B, and the other way round.
     with pytest.raises(IndexError_, match="was built with model open_clip:ViT-B-32"):
         LookalikeIndex.open(index_dir, model="effnet")

@@ -13,7 +13,8 @@ from PIL import Image
 
 from retrieval.embedders import Embedder, load_embedder
 from retrieval.embedders.backbone import EffnetEmbedder
-from retrieval.embedders.openclip import OpenClipEmbedder, file_sha256
+from retrieval.embedders.openclip import OpenClipEmbedder
+from retrieval.library import file_sha256
 from retrieval.errors import ModelError
 from retrieval.images import load_image
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import struct
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from PIL import Image
 
 from collect import fashion_mnist as fm
+from retrieval.attribution import read_attribution
 from retrieval.errors import LibraryError
 from retrieval.library import scan_split
 
@@ -63,7 +63,12 @@ def test_export_writes_a_library_the_index_reads(tmp_path, fake_root):
     png = out / "train" / fm.CLASSES[2] / "train-00002.png"
     np.testing.assert_array_equal(np.asarray(Image.open(png)), images[2])       # lossless, greyscale
     assert len(scan_split(out, "test")) == 3
-    assert json.loads((out / "ATTRIBUTION.json").read_text())["license"] == "MIT"
+    attribution = read_attribution(out)  # the reader the app and the Hub card use
+    assert attribution.problem is None and attribution.images == 8
+    assert attribution.licences == {"MIT": 8} and attribution.sources == {"Fashion-MNIST": 8}
+    (record,) = attribution.records  # one record for the whole export, not one per image
+    assert "Zalando" in record["author"] and record["url"].startswith("https://github.com/zalandoresearch/")
+    assert "MIT" in (out / "ATTRIBUTION.md").read_text(encoding="utf-8")
     again = fm.export_library(out, root=fake_root, limit_train=5)
     assert again["written"] == 0 and again["kept"] == 8
 

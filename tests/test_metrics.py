@@ -1,12 +1,31 @@
 """The vectorised metrics agree with the textbook formulas, on random data and on real images."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pytest
 
 from retrieval.images import load_image, resize_pixels
-from retrieval.metrics import METRICS, REFERENCE, PreparedMatrix, full_ranking, top_k
+from retrieval.metrics import EPS, METRICS, PreparedMatrix, top_k
 from retrieval.search import LookalikeIndex
+
+
+def full_ranking(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """All indices, best first; ties broken by library order so results are reproducible."""
+    key = -scores if higher_is_better else scores
+    return np.argsort(key, kind="stable")
+
+
+# Textbook definitions: the reference the vectorised metrics must equal.
+REFERENCE: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "l1": lambda a, b: float(np.sum(np.abs(a - b))),
+    "l2": lambda a, b: float(np.mean((a - b) ** 2)),
+    "cosine": lambda a, b: float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + EPS)),
+    "corr": lambda a, b: float(np.dot(a - a.mean(), b - b.mean())
+                               / (np.linalg.norm(a - a.mean()) * np.linalg.norm(b - b.mean()) + EPS)),
+}
+
 
 
 def reference_scores(data: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:

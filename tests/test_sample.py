@@ -17,6 +17,7 @@ from PIL import Image
 
 from collect import sample
 from collect.sample import INSTALL_HINT, build_sample_library, licence_id, parse_credits
+from retrieval.attribution import read_attribution, write_attribution
 from retrieval.errors import LibraryError
 
 HAVE_PACKAGES = sample.GCOMPRIS_ROOT.is_dir() and sample.TUXPAINT_ROOT.is_dir()
@@ -76,28 +77,34 @@ def test_cutouts_are_flattened_onto_white(built: tuple[Path, dict]) -> None:
 @needs_packages
 def test_attribution_covers_every_file(built: tuple[Path, dict]) -> None:
     out, summary = built
-    records = json.loads((out / "ATTRIBUTION.json").read_text(encoding="utf-8"))
+    attribution = read_attribution(out)  # the reader the app and the Hub card use
+    assert attribution.problem is None
+    records = attribution.records
     files = {str(p.relative_to(out)) for p in _images(out)}
     assert [r["file"] for r in records] == sorted(files)
+    assert attribution.images == len(files) == summary["images"]
     for r in records:
         split, cls, _ = r["file"].split("/")
-        assert (r["split"], r["class"]) == (split, cls)
-        assert r["package"] in (sample.GCOMPRIS_PACKAGE, sample.TUXPAINT_PACKAGE)
-        assert r["licence"] and r["copyright"] and r["credits_from"], r
-        if r["package"] == sample.GCOMPRIS_PACKAGE:
+        assert (r["split"], r["class"], r["images"]) == (split, cls, 1)
+        assert r["source"] in (sample.GCOMPRIS_PACKAGE, sample.TUXPAINT_PACKAGE)
+        assert r["licence"] and r["licence_stated"] and r["author"] and r["credits_from"], r
+        if r["source"] == sample.GCOMPRIS_PACKAGE:
             bundle, internal = r["original"].split(":", 1)
             assert bundle.endswith(".rcc") and internal.startswith("gcompris/src/activities/")
             assert r["credits_from"].endswith("/README"), r  # every GCompris photo has a README credit
         else:
             assert Path(r["original"]).is_file() and r["licence"] == "GPL-2"
-    licences = Counter(r["licence_id"] for r in records)
-    assert {"Public-Domain", "CC0-1.0", "CC-BY-SA-4.0", "GPL-2"} <= set(licences)
-    assert summary["licences"] == dict(sorted(licences.items()))
+    assert {"Public-Domain", "CC0-1.0", "CC-BY-SA-4.0", "GPL-2"} <= set(attribution.licences)
+    assert summary["licences"] == dict(sorted(attribution.licences.items()))
+    assert summary["packages"] == dict(sorted(attribution.sources.items()))
+    assert set(attribution.sources) == {sample.GCOMPRIS_PACKAGE, sample.TUXPAINT_PACKAGE}
     swans = next(r for r in records
                  if r["original"].endswith("erase.rcc:gcompris/src/activities/erase/resource/swans.webp"))
-    assert swans["copyright"] == "Charles J. Sharp" and swans["licence"] == "CC-BY-SA-4.0"
-    assert swans["source"].startswith("https://commons.wikimedia.org/") and swans["class"] == "bird"
+    assert swans["author"] == "Charles J. Sharp" and swans["licence"] == "CC-BY-SA-4.0"
+    assert swans["page_url"].startswith("https://commons.wikimedia.org/") and swans["class"] == "bird"
     assert "ATTRIBUTION.json" in (out / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    on_disk = json.loads((out / "ATTRIBUTION.json").read_text(encoding="utf-8"))
+    assert on_disk["schema"] == 1 and on_disk["records"] == records
 
 
 @needs_packages
@@ -111,10 +118,9 @@ def test_rerun_is_idempotent_and_resumes(built: tuple[Path, dict], tmp_path: Pat
     assert _hashes(out) == before
 
     # A picture that changed upstream (another package version) is made again; the rest is kept.
-    attribution = out / "ATTRIBUTION.json"
-    records = json.loads(attribution.read_text(encoding="utf-8"))
+    records = read_attribution(out).records
     records[7]["original_sha256"] = "0" * 64
-    attribution.write_text(json.dumps(records), encoding="utf-8")
+    write_attribution(out, records)
     refreshed = build_sample_library(out, seed=0, workers=2)
     assert (refreshed["encoded"], refreshed["reused"]) == (1, len(records) - 1)
     assert _hashes(out) == before
@@ -142,6 +148,27 @@ def test_rerun_is_idempotent_and_resumes(built: tuple[Path, dict], tmp_path: Pat
     resumed = build_sample_library(out, seed=0, workers=2)
     assert resumed["encoded"] == len(still_missing)
     assert _hashes(out) == before
+
+
+@needs_packages
+def test_a_library_with_the_old_attribution_list_is_reused_and_upgraded(built: tuple[Path, dict],
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    shutil.copytree(built[0], out)
+    before = _hashes(out)
+    legacy = []  # ATTRIBUTION.json as the previous version wrote it: a bare list with the old keys
+    for r in read_attribution(out).records:
+        old = {k: v for k, v in r.items() if k not in ("source", "licence", "images", "author", "page_url",
+                                                        "licence_stated")}
+        legacy.append({**old, "package": r["source"], "copyright": r.get("author", ""),
+                       "licence": r.get("licence_stated", ""), "licence_id": r["licence"],
+                       **({"source": r["page_url"]} if "page_url" in r else {})})
+    (out / "ATTRIBUTION.json").write_text(json.dumps(legacy), encoding="utf-8")
+    old_view = read_attribution(out)
+    assert old_view.problem is None and old_view.records == read_attribution(built[0]).records
+    again = build_sample_library(out, seed=0, workers=2)
+    assert (again["encoded"], again["removed"]) == (0, 0)  # the old digests still let images be reused
+    assert _hashes(out) == before  # and the file is rewritten in the current schema
 
 
 @needs_packages

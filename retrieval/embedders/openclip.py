@@ -7,7 +7,6 @@ instead of letting huggingface_hub retry for most of a minute.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import ModelError
+from ..library import file_sha256
 from . import Embedder
 
 log = logging.getLogger(__name__)
@@ -32,15 +32,6 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 def _open_clip():
     import open_clip  # deferred: importing it costs seconds and pixel-only runs never need it
     return open_clip
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Content hash of a checkpoint: the same weights give the same spec on every machine."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _offline_env() -> bool:
