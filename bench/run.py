@@ -1,6 +1,6 @@
 """The benchmark suite: run every benchmark and write bench/RESULTS.md.
 
-    python -m bench                      # every default benchmark at full size (see README.md, "Benchmarks")
+    python -m bench                      # every default benchmark at full size (see docs/benchmarks.md)
     python -m bench --quick              # small sizes, a few minutes: proves everything runs
     python -m bench --only pixel_query vectors --set vectors.sizes=[10000,100000]
     python -m bench --only vectors_1m    # the 1M-vector Chroma build (about an hour on 2 cores; opt-in)
@@ -153,7 +153,7 @@ def render_all(results: dict[str, dict[str, Any]], command: str) -> str:
     lines = ["# Lookalike benchmark results", "",
              "Written by `python -m bench` (bench/run.py); do not edit by hand. Every figure is a median over "
              "repeated runs unless its table says otherwise, and every ratio is against a baseline measured in "
-             "the same run on the same machine. How to run and read these: the Benchmarks section of README.md.", "",
+             "the same run on the same machine. How to run and read these: docs/benchmarks.md.", "",
              f"Last command: `{command}` ({now()}).", ""]
     latest = max(results.values(), key=lambda r: r.get("started", ""), default=None)
     if latest and latest.get("machine"):

@@ -32,12 +32,13 @@ from huggingface_hub import HfApi, snapshot_download
 from retrieval.atomic import write_bytes
 from retrieval.attribution import read_attribution
 from retrieval.errors import LibraryError, LookalikeError
+from retrieval.paths import ATTRIBUTION, ATTRIBUTION_MD, HUB_INDEX
 
 from .split import SPLITS, list_classes
 
 log = logging.getLogger(__name__)
 
-CARRIED_FILES = ("ATTRIBUTION.json", "ATTRIBUTION.md", "split.json")  # copied data/ <-> repo root
+CARRIED_FILES = (ATTRIBUTION, ATTRIBUTION_MD, "split.json")  # copied data/ <-> repo root
 SHARD_BYTES = 400 * 2 ** 20
 SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{5}-of-\d{5}\.parquet$")
 HF_LICENSES = {  # normalised stated licence -> Hub licence id
@@ -292,12 +293,12 @@ def stage_index(index_dir: Path, folder: Path) -> list[str]:
     files = []
     for name in names:
         if (index_dir / name).is_file():
-            (folder / "index").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(index_dir / name, folder / "index" / name)
+            (folder / HUB_INDEX).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(index_dir / name, folder / HUB_INDEX / name)
             files.append(f"index/{name}")
     chroma = (manifest.chroma or {}).get("path")
     if manifest.chroma and manifest.chroma.get("mode") == "embedded" and (index_dir / chroma).is_dir():
-        shutil.copytree(index_dir / chroma, folder / "index" / chroma)
+        shutil.copytree(index_dir / chroma, folder / HUB_INDEX / chroma)
         files += [f"index/{p.relative_to(index_dir).as_posix()}" for p in sorted((index_dir / chroma).rglob("*"))
                   if p.is_file()]
     return files
@@ -362,7 +363,7 @@ def restore_from_hub(repo_id: str, local_dir: Path, *, build_hint: str = "") -> 
     content hashes still match.
     """
     from retrieval.errors import IndexError_
-    from retrieval.paths import HUB_INDEX, MANIFEST
+    from retrieval.paths import MANIFEST
 
     local_dir = Path(local_dir)
     log.info("fetching the index and library of the Hub dataset %s into %s", repo_id, local_dir)

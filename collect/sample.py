@@ -32,7 +32,7 @@ from retrieval.atomic import write_bytes, write_json
 from retrieval.attribution import licence_id, make_record, read_attribution, write_attribution
 from retrieval.errors import ImageError, LibraryError
 from retrieval.images import load_image
-from retrieval.paths import ATTRIBUTION
+from retrieval.paths import ATTRIBUTION, DEFAULT_DATA
 
 from .qrc import QrcBundle, QrcError
 from .split import assign_splits
@@ -623,7 +623,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
         description="Build a class-labelled photo library (OUT/{train,test}/<class>/*.jpg, with "
                     f"OUT/{ATTRIBUTION}) offline from the Debian packages gcompris-qt-data and "
                     f"tuxpaint-stamps-default ({INSTALL_HINT}). Reruns are cheap and give the same files.")
-    p.add_argument("--out", type=Path, default=Path("data"), help="library folder (default: data)")
+    p.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"library folder (default: {DEFAULT_DATA})")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="share of each class held out as test queries, at least one (default: 0.1)")

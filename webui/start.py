@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from retrieval.errors import IndexError_
-from retrieval.paths import DEFAULT_DATA, MANIFEST
+from retrieval.paths import DEFAULT_DATA, DEFAULT_INDEX, MANIFEST
 
 HUB_ENV = "LOOKALIKE_HUB_REPO"
 
@@ -35,7 +35,7 @@ def locate_index(index_dir: Path, data_dir: Path | None, hub_repo: str | None,
     repo = hub_repo or os.environ.get(HUB_ENV, "").strip() or None
     if repo:
         from collect.hub import restore_from_hub
-        return restore_from_hub(repo, hub_folder(hub_root, repo), build_hint=build_commands(Path("index"), None))
+        return restore_from_hub(repo, hub_folder(hub_root, repo), build_hint=build_commands(DEFAULT_INDEX, None))
     raise IndexError_(f"no index at {index_dir} and no Hub dataset repo configured "
                       f"(set {HUB_ENV}=user/repo or pass --hub-repo). Build one with:\n"
                       f"  {build_commands(index_dir, data_dir)}")
