@@ -32,6 +32,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"Hub dataset repo to fetch the library and index from when --index is missing "
                         f"(default: ${HUB_ENV})")
     p.add_argument("--chroma-url", default=None, help="Chroma server http://HOST:PORT (default: as recorded in the index)")
+    from retrieval.cli import add_precision_option
+    add_precision_option(p, "the query model's precision")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="load the model on the first deep query instead of in the background at start-up")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=serve_app)
     return p
@@ -40,7 +44,10 @@ def make_parser() -> argparse.ArgumentParser:
 def serve_app(args: argparse.Namespace) -> int:
     index_dir, data_dir = locate_index(args.index, args.data, args.hub_repo, APP_HUB)
     from retrieval.search import LookalikeIndex
-    index = LookalikeIndex.open(index_dir, data_dir=data_dir, chroma_url=args.chroma_url)
+    index = LookalikeIndex.open(index_dir, data_dir=data_dir, chroma_url=args.chroma_url,
+                                precision=args.precision)
+    if not args.no_warm_up:
+        index.warm_up()   # model (and Chroma) load in the background; pixel search works meanwhile
     from webui.layout import build_demo, launch_options
     demo = build_demo(index)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None,

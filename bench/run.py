@@ -61,6 +61,8 @@ SUITE: tuple[Bench, ...] = (
     Bench("inference", "inference", full={"batch_sizes": (1, 16, 64), "e2e_images": 96},
           quick={"models": ("effnet",), "batch_sizes": (1, 16), "threads": (2,), "try_compile": False,
                  "e2e_images": 32, "seconds": 1.0, "repeats": 1, "policy_probe": False}),
+    Bench("precision", "precision", full={"batch_sizes": (1, 8, 16, 32, 64), "seconds": 3.0},
+          quick={"models": ("effnet",), "batch_sizes": (8, 16), "seconds": 0.5, "e2e_images": 16}),
     Bench("decode", "decode", full={}, quick={"models": ("effnet",), "photos": 16, "big": 2, "repeats": 1}),
     Bench("fashion_mnist", "fashion", full={"test": 500},
           quick={"train": 3000, "test": 100, "backbone_train": 200, "throughput_images": 64, "latency_queries": 20}),
@@ -72,11 +74,18 @@ SUITE: tuple[Bench, ...] = (
                                          "exact_sizes": (10_000, 100_000, 1_000_000), "name": "vectors_1m",
                                          "ef_sweep": (50, 100, 200, 400, 800), "dataset": "embedding-like"},
           default=False),
+    # Chroma HNSW build settings and ef_search by collection size (about 20 min on 2 cores; opt-in).
+    Bench("hnsw_settings", "hnsw_settings", full={}, quick={"sizes": (2_000, 5_000), "settings": ((16, 100), (32, 200)),
+                                                          "queries": 50, "ef_sweep": (50, 200)}, default=False),
     Bench("streaming", "streaming", full={}, quick={"sizes": (64, 256), "side": 1024}),
     Bench("gpu", "gpu", full={}, quick={"limit": 16, "batch": 8, "seconds": 1.0}),
+    Bench("rerank_speed", "rerank_speed", full={"queries": 30}, quick={"queries": 5, "fashion_train": 5000}),
+    Bench("duplicates", "duplicates", full={"photos": 100}, quick={"photos": 20}),
     # The app engineer's script (no run()): its printout is kept as is. It builds an effnet index of
     # the sample library first (minutes on 2 cores), so quick runs leave it out.
     Bench("app_latency", "app_latency", script_args=()),
+    # Issue 14: the app under prlimit --as with hostile uploads at its configured concurrency.
+    Bench("hostile_memory", "hostile_memory", full={"seconds": 60}, quick={"seconds": 10}),
 )
 BY_NAME = {b.name: b for b in SUITE}
 

@@ -84,7 +84,8 @@ class Expected:
     def __init__(self, index: LookalikeIndex, queries: list[Path]) -> None:
         self.index = index
         self.queries = queries
-        self.pixel = [m for m in index.methods if m.startswith("pixel-")]
+        # The Pixel tab offers the four plain metrics; re-ranked pixel methods live in the Compare tab.
+        self.pixel = [m for m in index.methods if m.startswith("pixel-") and "+" not in m]
         self.deep = [m for m in index.methods if not m.startswith("pixel-")]
         self.prompts = list(PROMPTS) if index.has_text else []
         self.answers: dict[tuple[str, str, int], list[tuple[str, float]]] = {}

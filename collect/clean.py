@@ -18,6 +18,10 @@ Rules, and why:
   file) is moved to quarantine/stale/<class>/, not deleted.
 - clean/.clean_state.json caches each source's check by content hash, so a re-run decodes only
   new files.
+- With `near_duplicates`, groups of near-duplicates among the kept images (resized, recompressed,
+  lightly cropped or brightened copies; `retrieval.duplicates`, perceptual hash) keep one image
+  each, the largest, and the others go to quarantine/near_duplicate/<class>/ with the whole group
+  and its similarity in the reason log.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from tqdm import tqdm
 from retrieval.atomic import atomic_path, remove_leftovers, write_bytes, write_json
 from retrieval.errors import ImageError, LibraryError
 from retrieval.images import MAX_PIXELS, load_image
+from retrieval.library import inside_root
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +113,32 @@ def _encode_rgb(img: Image.Image, name: str) -> bytes:
 
 
 def raw_files(raw_dir: Path) -> list[tuple[str, str, Path]]:
-    """(category, term, file) for every visible file at raw/<category>/<term>/<file>, sorted."""
+    """(category, term, file) for every visible file at raw/<category>/<term>/<file>, sorted.
+
+    The library's symlink policy (retrieval.library): a symbolic link to a folder is not followed,
+    and a link to a file outside raw/ is not read (nor copied into quarantine); each is logged."""
     out = []
-    for cat in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for term in sorted(p for p in cat.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            out.extend((cat.name, term.name, f) for f in sorted(term.iterdir())
-                       if f.is_file() and not f.name.startswith("."))
+
+    def folders(parent: Path) -> list[Path]:
+        found = []
+        for p in sorted(parent.iterdir()):
+            if p.name.startswith(".") or not p.is_dir():
+                continue
+            if p.is_symlink():
+                log.warning("clean: not following %s: a symbolic link to a folder", p)
+                continue
+            found.append(p)
+        return found
+
+    for cat in folders(raw_dir):
+        for term in folders(cat):
+            for f in sorted(term.iterdir()):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
+                if f.is_symlink() and not inside_root(f, raw_dir):
+                    log.warning("clean: not reading %s: a symbolic link to a file outside %s", f, raw_dir)
+                    continue
+                out.append((cat.name, term.name, f))
     return out
 
 
@@ -124,7 +149,8 @@ class _Quarantine:
         self.root = root
         self.new: list[dict[str, Any]] = []
 
-    def put(self, src: Path, rel: str, reason: str, detail: str, source: str, *, move: bool) -> None:
+    def put(self, src: Path, rel: str, reason: str, detail: str, source: str, *, move: bool,
+            extra: dict[str, Any] | None = None) -> None:
         target = self.root / reason / rel
         n = 1
         while target.exists():
@@ -141,7 +167,8 @@ class _Quarantine:
             with atomic_path(target) as tmp:
                 shutil.copyfile(src, tmp)
         self.new.append({"file": target.relative_to(self.root).as_posix(), "source": source,
-                         "reason": reason, "detail": detail, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                         "reason": reason, "detail": detail, **(extra or {}),
+                         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def flush(self) -> None:
         if not self.new:
@@ -153,7 +180,8 @@ class _Quarantine:
 
 
 def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_side: int = MIN_SIDE,
-                 progress: bool = True) -> CleanReport:
+                 progress: bool = True, near_duplicates: bool = False,
+                 near_threshold: float | None = None) -> CleanReport:
     """Build clean/<class>/ from raw/<category>/<term>/; see the module docstring."""
     raw_dir, clean_dir, quarantine_dir = Path(raw_dir), Path(clean_dir), Path(quarantine_dir)
     if not raw_dir.is_dir():
@@ -171,6 +199,7 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
     first_seen: dict[str, str] = {}
     produced: dict[str, set[str]] = defaultdict(set)
     categories_of: dict[str, set[str]] = defaultdict(set)
+    sources: dict[str, str] = {}   # clean rel -> raw rel, to carry the provenance
 
     for category, term, path in tqdm(files, desc="cleaning", unit="img", disable=not progress):
         rel = f"{category}/{term}/{path.name}"
@@ -204,13 +233,18 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
         report.converted += bool(info["convert"])
         produced[cls].add(name)
         categories_of[cls].add(category)
+        sources[out_rel] = rel
 
     for cls, cats in sorted(categories_of.items()):
         if len(cats) > 1:
             log.info("class %r merges the term from categories %s", cls, ", ".join(sorted(cats)))
+    if near_duplicates:
+        _quarantine_near_duplicates(clean_dir, produced, outputs, checks, quarantine, report, near_threshold)
     _move_stale(clean_dir, produced, quarantine)
     quarantine.flush()
     live = {f"{cls}/{name}" for cls, names in produced.items() for name in names}
+    from .provenance import carry_attribution
+    carry_attribution(raw_dir, clean_dir, {r: sources[r] for r in live if r in sources})
     write_json(state_path, {"version": 1, "checks": checks,
                             "outputs": {k: v for k, v in outputs.items() if k in live}})
     report.kept = sum(len(v) for v in produced.values())
@@ -218,6 +252,38 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
     report.classes = {cls: len(names) for cls, names in sorted(produced.items())}
     log.info("clean: %s -> %s", report.summary(), clean_dir)
     return report
+
+
+def _quarantine_near_duplicates(clean_dir: Path, produced: dict[str, set[str]], outputs: dict[str, str],
+                                checks: dict[str, dict[str, Any]], quarantine: _Quarantine, report: CleanReport,
+                                threshold: float | None) -> None:
+    """Keep the largest image of each near-duplicate group (then the first by name); move the rest."""
+    from retrieval.duplicates import DEFAULT_THRESHOLDS, check_threshold, group_vectors, phash_of_images
+
+    t = check_threshold(DEFAULT_THRESHOLDS["phash"] if threshold is None else threshold)
+    rels = sorted(f"{cls}/{name}" for cls, names in produced.items() for name in names)
+    images = [load_image(clean_dir / rel, name=rel) for rel in tqdm(rels, desc="near-duplicates", unit="img",
+                                                                   leave=False, disable=len(rels) < 50)]
+    def area(rel: str) -> int:
+        check = checks.get(outputs.get(rel, ""), {})
+        return check.get("width", 0) * check.get("height", 0)
+
+    for group in group_vectors(phash_of_images(images), t, as_hash=True):
+        members = [rels[i] for i in group.rows]
+        keep = min(members, key=lambda r: (-area(r), r))
+        detail = (f"near-duplicate of {keep} (group of {len(members)}, similarity "
+                  f"{group.min_similarity:.3f}-{group.max_similarity:.3f}, threshold {t:.2f})")
+        for rel in members:
+            if rel == keep:
+                continue
+            cls, name = rel.split("/", 1)
+            quarantine.put(clean_dir / rel, rel, "near_duplicate", detail, f"clean/{rel}", move=True,
+                           extra={"kept": keep, "group": members, "similarity": [group.min_similarity,
+                                                                                  group.max_similarity]})
+            produced[cls].discard(name)
+            report.rejected["near_duplicate"] += 1
+    log.info("near-duplicates: %d removed from %s (pHash, threshold %.2f)", report.rejected["near_duplicate"],
+             clean_dir, t)
 
 
 def _load_state(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

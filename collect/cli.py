@@ -46,11 +46,16 @@ def _count_or_all(text: str) -> int | None:
 
 def _crawl_args(p: argparse.ArgumentParser, workers_flag: str, force_flag: str) -> None:
     from .crawl import FLICKR_SEARCH
+    from .provenance import DEFAULT_LICENCES
     g = p.add_argument_group("crawl")
     g.add_argument("--categories", type=Path, default=None,
                    help="JSON {category: [terms]} (default: collect/categories.json, the seed's four categories)")
     g.add_argument("--search-url", default=FLICKR_SEARCH,
                    help="search page URL template with {term} (default: %(default)s)")
+    g.add_argument("--licences", "--licenses", default=DEFAULT_LICENCES, metavar="IDS",
+                   help="licence ids the search asks for, added as license=IDS (or a {licences} placeholder): "
+                        "Flickr's Creative Commons and public-domain ids by default (%(default)s); "
+                        "'any' for no filter. Recorded in urls.provenance.json and ATTRIBUTION.json")
     g.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
                    help="photo URLs to collect per term (default: %(default)s)")
     g.add_argument(workers_flag, dest="crawl_workers", type=int, default=3, metavar="N",
@@ -90,6 +95,12 @@ def _clean_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("clean")
     g.add_argument("--min-side", type=int, default=MIN_SIDE,
                    help="reject images narrower or shorter than this, in pixels (default: %(default)s)")
+    g.add_argument("--near-duplicates", action="store_true",
+                   help="also quarantine near-duplicates (resized, recompressed, cropped, brightened copies), "
+                        "keeping the largest of each group; the group is recorded in the reason log")
+    g.add_argument("--near-threshold", type=float, default=None,
+                   help="perceptual-hash similarity for --near-duplicates (default: the measured one, "
+                        "see docs/own-photos.md)")
 
 
 def _split_args(p: argparse.ArgumentParser) -> None:
@@ -121,7 +132,8 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     from .crawl import crawl_urls, load_categories
     result = crawl_urls(load_categories(args.categories), url_template=args.search_url,
                         max_images=args.max_images, workers=args.crawl_workers, time_limit=args.time_limit,
-                        scroll_pause=args.scroll_pause, out_path=args.urls, force=args.force_crawl)
+                        scroll_pause=args.scroll_pause, out_path=args.urls, force=args.force_crawl,
+                        licences=None if args.licences.strip().lower() in ("any", "none", "") else args.licences.strip())
     n_terms = sum(len(t) for t in result.values())
     n_urls = sum(len(u) for t in result.values() for u in t.values())
     print(f"crawl: {n_urls} urls for {n_terms} terms -> {args.urls}"
@@ -142,7 +154,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from .clean import clean_images
-    report = clean_images(args.raw, args.clean, args.quarantine, min_side=args.min_side)
+    report = clean_images(args.raw, args.clean, args.quarantine, min_side=args.min_side,
+                          near_duplicates=args.near_duplicates, near_threshold=args.near_threshold)
     print(f"clean: {report.summary()} -> {args.clean} (rejects in {args.quarantine})")
     return 0
 

@@ -5,6 +5,12 @@ Real headless Chromium through Selenium, because the search page builds its grid
 BeautifulSoup; the browser is only used to render and to page.
 
 Output shape (what the downloader reads): ``{category: {term: [large-size photo URLs]}}``.
+
+Open licences by default: the search URL asks for Creative Commons and public-domain photos only
+(Flickr's ``license`` parameter, ids in `collect.provenance.DEFAULT_LICENCES`); `licences=None`
+drops the filter. Beside urls.json, ``urls.provenance.json`` records the template, the licence
+filter, and for each photo URL its photo page (the link around the thumbnail) and term; the later
+stages carry this into ATTRIBUTION.json (see collect/provenance.py).
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from tqdm import tqdm
 
 from retrieval.atomic import write_json
 from retrieval.errors import LookalikeError
+
+from .provenance import DEFAULT_LICENCES, write_provenance
 
 log = logging.getLogger(__name__)
 
@@ -157,25 +165,42 @@ def _img_source(img: Any, base_url: str) -> str | None:
     return None
 
 
-def extract_image_urls(html: str, page_url: str) -> list[str]:
-    """Photo URLs of every <img> in `html`, large size, decoys dropped, first occurrence kept."""
+def extract_photos(html: str, page_url: str) -> dict[str, str | None]:
+    """{large-size photo URL: its photo page or None} for every <img> in `html`, decoys dropped,
+    first occurrence kept. The photo page is the link around the thumbnail, where there is one."""
     soup = BeautifulSoup(html, "html.parser")
     base = soup.find("base", href=True)
     base_url = urljoin(page_url, base["href"]) if base else page_url
-    urls: dict[str, None] = {}
+    photos: dict[str, str | None] = {}
     for img in soup.find_all("img"):
         if _is_decoy_tag(img):
             continue
         url = _img_source(img, base_url)
         if url is not None:
-            urls.setdefault(to_large_size(url))
-    return list(urls)
+            link = img.find_parent("a", href=True)
+            page = urljoin(base_url, link["href"]) if link is not None else None
+            photos.setdefault(to_large_size(url), page if page and urlsplit(page).scheme in ("http", "https") else None)
+    return photos
 
 
-def search_url(url_template: str, term: str) -> str:
-    """The search page for `term`; ``{term}`` (or the seed's ``{search_term}``) is URL-quoted."""
+def extract_image_urls(html: str, page_url: str) -> list[str]:
+    """Photo URLs of every <img> in `html`, large size, decoys dropped, first occurrence kept."""
+    return list(extract_photos(html, page_url))
+
+
+def search_url(url_template: str, term: str, licences: str | None = None) -> str:
+    """The search page for `term`; ``{term}`` (or the seed's ``{search_term}``) is URL-quoted.
+
+    With `licences` (comma-separated licence ids), the page is asked for those licences only:
+    through a ``{licences}`` placeholder if the template has one, else as a ``license`` query
+    parameter (Flickr's), unless the template sets ``license=`` itself."""
     q = quote(term, safe="")
-    return url_template.replace("{search_term}", q).replace("{term}", q)
+    url = url_template.replace("{search_term}", q).replace("{term}", q)
+    if "{licences}" in url:
+        return url.replace("{licences}", quote(licences or "", safe=","))
+    if licences and "license=" not in urlsplit(url).query:
+        url += ("&" if urlsplit(url).query else ("" if url.endswith("?") else "?")) + "license=" + quote(licences, safe=",")
+    return url
 
 
 # ---------------------------------------------------------------------------------- browser
@@ -278,11 +303,13 @@ def _click_load_more(driver: Any) -> bool:
 
 
 def crawl_term(driver: Any, term: str, *, url_template: str = FLICKR_SEARCH, max_images: int = 50,
-               time_limit: float = 120.0, scroll_pause: float = 1.0) -> list[str]:
-    """Open one term's search page and page through it until `max_images`, no news, or `time_limit`."""
+               time_limit: float = 120.0, scroll_pause: float = 1.0, licences: str | None = DEFAULT_LICENCES,
+               pages: dict[str, str | None] | None = None) -> list[str]:
+    """Open one term's search page and page through it until `max_images`, no news, or `time_limit`.
+    `pages`, when given, receives {photo URL: photo page or None} for the URLs returned."""
     from selenium.common.exceptions import WebDriverException
 
-    url = search_url(url_template, term)
+    url = search_url(url_template, term, licences)
     try:  # Chrome either raises (net::ERR_...) or shows its own error page, depending on the case
         driver.get(url)
         href, status = driver.execute_script(_PAGE_STATE_JS)
@@ -300,10 +327,12 @@ def crawl_term(driver: Any, term: str, *, url_template: str = FLICKR_SEARCH, max
     with tqdm(total=max_images, desc=term[:24], unit="img", leave=False) as bar:
         while True:
             before = len(urls)
-            for found in extract_image_urls(driver.page_source, driver.current_url):
+            for found, page in extract_photos(driver.page_source, driver.current_url).items():
                 if len(urls) >= max_images:
                     break
                 urls.setdefault(found)
+                if pages is not None:
+                    pages.setdefault(found, page)
             bar.update(len(urls) - before)
             stale = stale + 1 if len(urls) == before else 0
             if len(urls) >= max_images:
@@ -356,14 +385,17 @@ def _ordered(categories: dict[str, list[str]], data: dict[str, dict[str, list[st
 
 def crawl_urls(categories: dict[str, list[str]], *, url_template: str = FLICKR_SEARCH, max_images: int = 50,
                workers: int = 4, time_limit: float = 120.0, scroll_pause: float = 1.0,
-               out_path: Path | None = None, force: bool = False) -> CrawlResult:
+               out_path: Path | None = None, force: bool = False,
+               licences: str | None = DEFAULT_LICENCES) -> CrawlResult:
     """Crawl every term's search page in parallel (one Chrome per worker) and collect photo URLs.
 
     With `out_path`, urls.json is rewritten atomically after each term, so an interrupted crawl
     resumes: terms already there with URLs are skipped unless `force`. Entries of other terms
     already in the file are kept. Returns what the file holds; ``.failures`` lists the terms that
     failed (logged, left out of the file so a re-run retries them) while the others went on.
-    `time_limit` is per term, in seconds of paging after the page has loaded.
+    `time_limit` is per term, in seconds of paging after the page has loaded. `licences`: the
+    licence ids asked for (default: Creative Commons and public domain), None for no filter;
+    with `out_path` it is recorded, with each photo's page and term, in urls.provenance.json.
     """
     if "{term}" not in url_template and "{search_term}" not in url_template:
         raise CrawlError(f"search URL template {url_template!r} has no {{term}} placeholder, "
@@ -381,10 +413,13 @@ def crawl_urls(categories: dict[str, list[str]], *, url_template: str = FLICKR_S
     if todo:
         pool = _DriverPool(find_chromedriver())
 
-        def work(term: str) -> list[str]:
+        def work(term: str) -> tuple[list[str], dict[str, str | None]]:
+            pages: dict[str, str | None] = {}
             try:
-                return crawl_term(pool.get(), term, url_template=url_template, max_images=max_images,
-                                  time_limit=time_limit, scroll_pause=scroll_pause)
+                urls = crawl_term(pool.get(), term, url_template=url_template, max_images=max_images,
+                                  time_limit=time_limit, scroll_pause=scroll_pause, licences=licences,
+                                  pages=pages)
+                return urls, pages
             except CrawlError:  # the page answered badly; the browser itself is fine
                 raise
             except Exception:  # the browser may be wedged: the next term on this thread gets a new one
@@ -397,13 +432,18 @@ def crawl_urls(categories: dict[str, list[str]], *, url_template: str = FLICKR_S
             for future in tqdm(as_completed(futures), total=len(futures), desc="terms", unit="term"):
                 category, term = futures[future]
                 try:
-                    data.setdefault(category, {})[term] = future.result()
+                    urls, pages = future.result()
+                    data.setdefault(category, {})[term] = urls
                 except Exception as exc:
                     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     log.error("term %r (%s) failed: %s", term, category, message)
                     failures.append(TermFailure(category, term, message))
                     continue
                 if out_path is not None:
+                    write_provenance(out_path, search_url=url_template, licences=licences, photos={
+                        u: {"page_url": pages.get(u), "term": term, "category": category,
+                            "search_page": search_url(url_template, term, licences), "licence_filter": licences or "none"}
+                        for u in urls})
                     write_json(out_path, _ordered(categories, data))
         finally:
             executor.shutdown(wait=True, cancel_futures=True)

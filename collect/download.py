@@ -21,9 +21,11 @@ Why each rule is here:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import unicodedata
@@ -38,12 +40,16 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 
 from retrieval.atomic import remove_leftovers, write_bytes, write_json
 from retrieval.errors import ImageError, LookalikeError
-from retrieval.images import IMAGE_EXTENSIONS, load_image
+from retrieval.images import IMAGE_EXTENSIONS, check_image
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ CONTENT_TYPE_EXT = {
 OK = "ok"
 # Failures a re-run cannot fix by trying again (unless asked with retry_failed).
 PERMANENT = frozenset({"bad_url", "bad_scheme", "bad_content_type", "not_image", "too_large",
-                       "too_many_redirects", "unsafe_path"})
+                       "too_many_redirects", "unsafe_path", "bad_encoding", "bad_headers"})
 
 
 def is_permanent(status: str) -> bool:
@@ -84,7 +90,7 @@ class DownloadConfig:
     delay: float = 1.0              # per host: seconds from one response's headers to the next request
     connect_timeout: float = 10.0
     read_timeout: float = 20.0      # longest silence while waiting for bytes
-    total_timeout: float = 120.0    # longest a whole body may take to arrive
+    total_timeout: float = 120.0    # longest one attempt may take, headers and body (a drip too)
     retries: int = 3                # extra attempts after a 5xx, 429, truncated body or reset
     backoff: float = 1.0            # first retry wait; doubles each attempt
     max_retry_after: float = 120.0  # a longer Retry-After gives up (the next run retries)
@@ -274,6 +280,103 @@ def _interleave_by_host(jobs: list[Key]) -> list[Key]:
     return [job for batch in zip_longest(*by_host.values()) for job in batch if job is not None]
 
 
+# ---- the total timeout ----------------------------------------------------------------------
+# requests' read timeout bounds each silence, not the whole transfer: a server that drips one byte
+# every few seconds (in the body or in its headers) never trips it. `_Deadline` does: a timer shuts
+# the attempt's socket down at the total timeout, and the blocked read returns at once. The socket
+# is found through our own urllib3 connection classes, which hand it over just before the
+# response headers are read.
+_current = threading.local()
+
+
+class _Deadline:
+    """One attempt's total time budget; fired means the socket was shut down at the deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.fired, self.at = seconds, False, None
+        self._sock: socket.socket | None = None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the clock (at the first request: waiting for the host's politeness slot is free)."""
+        if self._timer is None:
+            self.at = time.monotonic() + self.seconds
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _Watched:
+    def getresponse(self, *args: Any, **kwargs: Any):
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTP(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPS(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTP
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPS
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections report their socket to the thread's current _Deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+def _malformed_headers(exc: BaseException) -> bool:
+    """True when a ConnectionError comes from headers http.client refused (over-long, too many),
+    not from a dropped connection (RemoteDisconnected is an HTTPException too, and transient)."""
+    seen, todo = set(), [exc]
+    while todo:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, http.client.HTTPException) and not isinstance(err, ConnectionError):
+            return not isinstance(err, http.client.IncompleteRead)
+        todo += [a for a in getattr(err, "args", ()) if isinstance(a, BaseException)]
+        todo += [e for e in (err.__cause__, err.__context__) if e is not None]
+    return False
+
+
 class Downloader:
     """Downloads jobs (category, term, url) into raw_dir; see the module docstring for the rules."""
 
@@ -290,6 +393,8 @@ class Downloader:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            for prefix in ("http://", "https://"):
+                session.mount(prefix, _DeadlineAdapter())
             session.headers.update({"User-Agent": self.config.user_agent, "Accept": "image/*"})
             self._local.session = session
             with self._sessions_lock:
@@ -317,6 +422,29 @@ class Downloader:
     def _attempt(self, url: str, attempt: int) -> tuple[Outcome, bytes | None, str, float | None]:
         """One try, following redirects by hand. The last value is the wait before a retry, or None;
         when there is one, the host that asked for it is rested that long (every thread waits)."""
+        deadline = _Deadline(self.config.total_timeout)
+        _current.deadline = deadline
+        try:
+            result = self._hops(url, attempt, deadline)
+        finally:
+            deadline.cancel()
+            _current.deadline = None
+        if deadline.fired:   # whatever the read then raised or returned, the cause is the deadline
+            self._drop_session()
+            return (Outcome("timeout", f"over the total timeout of {self.config.total_timeout:g}s "
+                                       "(headers and body together)"), None, result[2], None)
+        return result
+
+    def _drop_session(self) -> None:
+        """Forget this thread's session (its connection was shut down by the deadline)."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def _hops(self, url: str, attempt: int,
+              deadline: _Deadline) -> tuple[Outcome, bytes | None, str, float | None]:
+        """_attempt's body: each redirect hop through the host's politeness slot."""
         cfg = self.config
         current = url
         for _hop in range(cfg.max_redirects + 1):
@@ -328,15 +456,22 @@ class Downloader:
             host = parts.hostname.lower()
             try:
                 with self.limiter.slot(host):
+                    deadline.start()
                     resp = self._session().get(current, stream=True, allow_redirects=False,
                                                timeout=(cfg.connect_timeout, cfg.read_timeout))
+            except requests.exceptions.ContentDecodingError as exc:
+                return Outcome("bad_encoding", str(exc)[:200]), None, "", None
             except requests.Timeout as exc:
                 return Outcome("timeout", str(exc)[:200]), None, "", None
             except requests.ConnectionError as exc:
+                if _malformed_headers(exc):   # e.g. a 100 kB header line: the server will send it again
+                    return Outcome("bad_headers", str(exc)[:200]), None, "", None
                 self.limiter.defer(host, self._backoff(attempt))
                 return Outcome("connection_error", str(exc)[:200]), None, "", self._backoff(attempt)
             except requests.RequestException as exc:  # InvalidURL, InvalidSchema, ...
                 return Outcome("bad_url", str(exc)[:200]), None, "", None
+            except (urllib3.exceptions.HTTPError, ValueError) as exc:   # e.g. too many Content-Encodings
+                return Outcome("bad_headers", f"{type(exc).__name__}: {exc}"[:200]), None, "", None
             with resp:
                 if resp.status_code in REDIRECT_CODES:
                     location = resp.headers.get("Location")
@@ -372,14 +507,16 @@ class Downloader:
         if declared.isdigit() and int(declared) > cfg.max_bytes:
             return Outcome("too_large", f"Content-Length {declared} > {cfg.max_bytes}"), None, ctype, None
         body = bytearray()
-        deadline = time.monotonic() + cfg.total_timeout
         try:
             for chunk in resp.iter_content(CHUNK):
                 body += chunk
                 if len(body) > cfg.max_bytes:
                     return Outcome("too_large", f"body over {cfg.max_bytes} bytes"), None, ctype, None
-                if time.monotonic() > deadline:
-                    return Outcome("timeout", f"body took over {cfg.total_timeout:.0f}s"), None, ctype, None
+        except requests.exceptions.ContentDecodingError as exc:   # a bad or over-long Content-Encoding
+            return Outcome("bad_encoding", f"{resp.headers.get('Content-Encoding', '')[:60]!r}: "
+                                           f"{exc}"[:200]), None, ctype, None
+        except (urllib3.exceptions.DecodeError, ValueError) as exc:
+            return Outcome("bad_encoding", f"{type(exc).__name__}: {exc}"[:200]), None, ctype, None
         except requests.exceptions.ChunkedEncodingError as exc:  # urllib3 enforces Content-Length
             return Outcome("truncated", str(exc)[:200]), None, ctype, self._backoff(attempt)
         except requests.ConnectionError as exc:
@@ -401,7 +538,7 @@ class Downloader:
         if outcome.status != OK or body is None:
             return outcome
         try:
-            load_image(body, name=url)
+            check_image(body, name=url)   # decodes fully, without the RGB copy load_image makes
         except ImageError as exc:
             return Outcome("not_image", str(exc)[:200], attempts=outcome.attempts)
         target = folder / (url_stem(url) + pick_extension(ctype, url))
@@ -497,4 +634,7 @@ def download_images(urls_path: Path, raw_dir: Path, config: DownloadConfig = Dow
                     *, progress: bool = True) -> DownloadReport:
     """The `download` stage: every URL in urls.json into raw_dir, resumable."""
     jobs = jobs_from_urls(load_urls(urls_path))
-    return Downloader(raw_dir, config).run(jobs, progress=progress)
+    report = Downloader(raw_dir, config).run(jobs, progress=progress)
+    from .provenance import write_raw_attribution
+    write_raw_attribution(raw_dir, urls_path)   # each stored image's URL, photo page, term, licence filter
+    return report

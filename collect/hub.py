@@ -21,6 +21,7 @@ import math
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
@@ -54,10 +55,27 @@ class HubError(LookalikeError):
     """No token, or the Hub refused the request; the message says what to do."""
 
 
+# Per-image provenance columns, from data/ATTRIBUTION.json ("" where a record does not say):
+# source_url = the image's URL, page_url = its photo page, licence = the record's licence,
+# licence_filter = the licence ids the crawl's search asked for ("none": no filter).
+PROVENANCE_COLUMNS = {"source_url": "url", "page_url": "page_url", "licence": "licence",
+                      "licence_filter": "licence_filter"}
+
+
 def _features(classes: list[str]):
     import datasets
     return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes),
-                              "file": datasets.Value("string")})
+                              "file": datasets.Value("string"),
+                              **{c: datasets.Value("string") for c in PROVENANCE_COLUMNS}})
+
+
+def _provenance(data_dir: Path) -> dict[str, dict[str, str]]:
+    """{library-relative file: {column: value}} from the library's attribution records."""
+    out = {}
+    for rec in read_attribution(Path(data_dir)).records:
+        if "file" in rec:
+            out[rec["file"]] = {col: str(rec.get(key, "")) for col, key in PROVENANCE_COLUMNS.items()}
+    return out
 
 
 def data_to_datasetdict(data_dir: Path):
@@ -72,6 +90,7 @@ def data_to_datasetdict(data_dir: Path):
         raise LibraryError(f"no images under {data_dir}/{{train,test}}/<class>/: run the split stage "
                            "(python build_index.py split) or pull a dataset first")
     features = _features(classes)
+    provenance = _provenance(data_dir)
     out = datasets.DatasetDict()
     for split, by_class in listed.items():
         rows = [(str(data_dir / split / c / f), classes.index(c), f)
@@ -79,7 +98,10 @@ def data_to_datasetdict(data_dir: Path):
         if not rows:
             continue
         paths, labels, files = map(list, zip(*rows))
-        ds = datasets.Dataset.from_dict({"image": paths, "label": labels, "file": files}, features=features)
+        prov = [provenance.get(f"{split}/{c}/{f}", {}) for c in sorted(by_class) for f in by_class[c]]
+        columns = {col: [p.get(col, "") for p in prov] for col in PROVENANCE_COLUMNS}
+        ds = datasets.Dataset.from_dict({"image": paths, "label": labels, "file": files, **columns},
+                                        features=features)
         # Read the files into the table now, as push_to_hub does, so the dataset stands alone.
         out[split] = ds.with_format("arrow").map(embed_table_storage, batched=True,
                                                  desc=f"reading {split}").with_format(None)
@@ -92,13 +114,85 @@ def _class_names(dd) -> list[str]:
     return list(label.names) if hasattr(label, "names") else sorted({str(x) for ds in dd.values() for x in ds["label"]})
 
 
+MAX_NAME_BYTES = 255   # NAME_MAX of common file systems: a longer name fails at write time
+
+
 def _safe_name(name: str, what: str) -> str:
-    """A single path component that cannot climb out of, or hide in, its folder."""
+    """A single path component that cannot climb out of, or hide in, its folder, carries no
+    control characters (ESC, BEL, CR: they garble terminals and logs) and fits a file system."""
     if (not isinstance(name, str) or name in ("", ".", "..") or name.startswith(".")
             or any(c in name for c in "/\\\0") or name != name.strip()):
         raise LibraryError(f"refusing {what} {name!r}: it would write outside data/ or hide a file; "
                            "the dataset is not a Lookalike library")
+    if any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in name):
+        raise LibraryError(f"refusing {what} {name!r}: it holds control characters; rename it in the dataset")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise LibraryError(f"refusing {what} {name[:40]!r}...: it is {size} bytes long, over the "
+                           f"{MAX_NAME_BYTES}-byte limit of file names; shorten it in the dataset")
     return name
+
+
+def _check_columns(split: str, ds) -> None:
+    """The columns a Lookalike library needs, with image bytes in every row."""
+    missing = [c for c in ("image", "label") if c not in ds.column_names]
+    if missing:
+        raise LibraryError(f"the {split} split has no {' or '.join(repr(c) for c in missing)} column "
+                           f"(it has {', '.join(map(repr, ds.column_names)) or 'none'}); a Lookalike dataset "
+                           "has image, label and file columns (build_index.py push writes them)")
+    column = ds.data.column("image")
+    try:
+        no_bytes = [i for i, v in enumerate(column.combine_chunks().field("bytes").is_null().to_pylist()) if v]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise LibraryError(f"the image column of the {split} split holds {column.type}, not image bytes; "
+                           "push it again with `build_index.py push`") from None
+    if no_bytes:
+        raise LibraryError(f"row {no_bytes[0]} of {split} has no image bytes ({len(no_bytes)} rows in all); "
+                           "push it again with `build_index.py push`")
+
+
+def _row_class(label: Any, classes: list[str] | None, split: str, i: int) -> str:
+    """The class of one row: a ClassLabel index inside the class list, or a label given as text."""
+    if classes is None:   # labels stored as values, not a ClassLabel
+        if label is None or isinstance(label, bool):
+            raise LibraryError(f"row {i} of {split} has label {label!r}, not a class")
+        return _safe_name(str(label), "class name")
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(classes):
+        raise LibraryError(f"row {i} of {split} has label {label!r}, outside the dataset's {len(classes)} "
+                           f"classes (0 to {len(classes) - 1}); fix the label column (-1 means no label, "
+                           "which a library cannot hold)")
+    return _safe_name(classes[label], "class name")
+
+
+def _plan_rows(dd, data_dir: Path) -> dict[str, list[tuple[Path, str | None]]]:
+    """Where every row of every split goes, checked as a whole before anything is written:
+    columns, labels, names, and no two rows writing one file."""
+    root = data_dir.resolve()
+    first = next(iter(dd.values()))
+    label_feature = first.features.get("label")
+    classes = list(label_feature.names) if hasattr(label_feature, "names") else None
+    plans: dict[str, list[tuple[Path, str | None]]] = {}
+    seen: dict[tuple[str, str, str], int] = {}
+    for split, ds in dd.items():
+        _safe_name(split, "split name")
+        _check_columns(split, ds)
+        files = ds["file"] if "file" in ds.column_names else [None] * len(ds)
+        plan = []
+        for i, (label, file) in enumerate(zip(ds["label"], files)):
+            cls = _row_class(label, classes, split, i)
+            name = _safe_name(file, "file name") if file is not None else None
+            folder = data_dir / split / cls
+            if not (folder / (name or "x")).resolve().is_relative_to(root):
+                raise LibraryError(f"refusing {folder / (name or '')}: it resolves outside {data_dir}")
+            if name is not None:
+                key = (split, cls, name)
+                if key in seen:
+                    raise LibraryError(f"rows {seen[key]} and {i} of {split} both write {split}/{cls}/{name}: "
+                                       "one image would silently replace the other; rename one in the dataset")
+                seen[key] = i
+            plan.append((folder, name))
+        plans[split] = plan
+    return plans
 
 
 def datasetdict_to_data(dd, data_dir: Path) -> dict[str, Any]:
@@ -110,21 +204,10 @@ def datasetdict_to_data(dd, data_dir: Path) -> dict[str, Any]:
     import datasets
 
     data_dir = Path(data_dir)
-    root = data_dir.resolve()
+    if not len(dd):
+        raise LibraryError("the dataset has no splits; a Lookalike dataset has train (and test) splits")
+    plans = _plan_rows(dd, data_dir)   # the whole dataset is checked before anything is written
     classes = _class_names(dd)
-    plans: dict[str, list[tuple[Path, str | None]]] = {}
-    for split, ds in dd.items():
-        _safe_name(split, "split name")
-        files = ds["file"] if "file" in ds.column_names else [None] * len(ds)
-        plan = []
-        for label, file in zip(ds["label"], files):
-            cls = _safe_name(classes[label] if isinstance(label, int) else str(label), "class name")
-            name = _safe_name(file, "file name") if file is not None else None
-            folder = data_dir / split / cls
-            if not (folder / (name or "x")).resolve().is_relative_to(root):
-                raise LibraryError(f"refusing {folder / (name or '')}: it resolves outside {data_dir}")
-            plan.append((folder, name))
-        plans[split] = plan
     written = unchanged = 0
     for split, ds in dd.items():
         rows = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
@@ -192,7 +275,9 @@ def dataset_card(dd, repo_id: str, *, attribution: tuple[Counter, Counter] | Non
         "dataset_info": {
             "features": [{"name": "image", "dtype": "image"},
                          {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(classes)}}}},
-                         {"name": "file", "dtype": "string"}],
+                         {"name": "file", "dtype": "string"},
+                         *[{"name": c, "dtype": "string"} for c in PROVENANCE_COLUMNS
+                           if c in next(iter(dd.values())).column_names]],
             "splits": [{"name": s, "num_examples": len(ds)} for s, ds in dd.items()],
         },
     }
@@ -220,6 +305,17 @@ def dataset_card(dd, repo_id: str, *, attribution: tuple[Counter, Counter] | Non
                   "`python build_index.py crawl` and `download`. Each photo remains under its owner's "
                   "licence, which this dataset does not change; check a photo's licence on its source "
                   "page before reusing it outside research and teaching.", ""]
+    if "source_url" in next(iter(dd.values())).column_names:
+        lines += ["## Provenance columns", "",
+                  "- `source_url`: the URL the image was downloaded from (empty for images that were not crawled).",
+                  "- `page_url`: the photo's page on the source site, where the search result linked one; "
+                  "its licence and author are stated there.",
+                  "- `licence`: the licence of the image's attribution record. For crawled images it is the "
+                  "search's licence filter, e.g. `CC/PD:flickr-license=1,2,3,4,5,6,9,10`: the photo is under one "
+                  "of those Creative Commons / public-domain licences (Flickr ids 1-6 CC 2.0, 9 CC0, 10 Public "
+                  "Domain Mark); check `page_url` for which one before reuse.",
+                  "- `licence_filter`: the licence ids the crawl asked the search page for (`none`: no filter, "
+                  "so the licence is unknown and may be all rights reserved).", ""]
     return "\n".join(lines)
 
 

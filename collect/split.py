@@ -108,6 +108,9 @@ def split_library(clean_dir: Path, data_dir: Path, n_train: int | None = 19, n_t
         if extra:
             log.warning("%s/%s has classes not in %s, left as they are: %s", data_dir, split, clean_dir,
                         ", ".join(extra))
+    from .provenance import carry_attribution
+    carry_attribution(clean_dir, data_dir, {f"{split}/{cls}/{name}": f"{cls}/{name}" for cls, parts in plan.items()
+                                            for split, names in zip(SPLITS, parts) for name in names})
     write_json(data_dir / SPLIT_RECORD, {"seed": seed, "n_train": n_train, "n_test": n_test,
                                          "classes": {c: {"train": tr, "test": te} for c, (tr, te) in plan.items()}})
     summary = {"classes": len(plan), "train": sum(len(tr) for tr, _ in plan.values()),

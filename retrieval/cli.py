@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .errors import LookalikeError
@@ -22,13 +23,44 @@ def _index_args(p: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace):
     from .search import LookalikeIndex
     return LookalikeIndex.open(args.index, pixel_size=args.pixel_size, model=args.model,
-                               data_dir=args.data, chroma_url=args.chroma_url)
+                               data_dir=args.data, chroma_url=args.chroma_url,
+                               precision=getattr(args, "precision", None))
+
+
+def _composed_terms(args: argparse.Namespace) -> list | None:
+    """The terms of a composed query (--query/--minus), or None for a plain image or text query.
+    The positional IMAGE and --text join in as weight-1 terms."""
+    if not (args.query or args.minus):
+        return None
+    from .compose import Term, parse_terms
+    plain = ([Term(1.0, image=str(args.image), name=str(args.image))] if args.image is not None else []) + \
+            ([Term(1.0, text=args.text)] if args.text is not None else [])
+    return plain + parse_terms(args.query, args.minus)
+
+
+def _print_hits(hits, method: str, order, secs: float, loaded: set, load_secs: float) -> None:
+    if loaded:
+        print(f"# loaded the {' and '.join(sorted(loaded))} in {load_secs:.2f} s")
+    print(f"# {method} ({'higher' if order.higher_is_better else 'lower'} is more similar), "
+          f"query {secs * 1000:.1f} ms")
+    print("rank\tclass\tscore\tpath")
+    for h in hits:
+        print(f"{h.rank}\t{h.label or '-'}\t{h.score:.6g}\t{h.path}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if (args.image is None) == (args.text is None):
-        raise LookalikeError("give exactly one query: an IMAGE path or --text 'a prompt'")
+    terms = _composed_terms(args)
+    if terms is None and (args.image is None) == (args.text is None):
+        raise LookalikeError("give exactly one query: an IMAGE path or --text 'a prompt' "
+                             "(or a composed query: --query TERM ... --minus TERM)")
     index = _open(args)
+    if terms is not None:   # refused with a clear message on a pixel-only index or text terms without CLIP
+        method = args.method or (f"{index.manifest.embedder['name']}-cosine" if index.manifest.embedder else None)
+        hits, secs = index.search_composed(terms, method, args.k)
+        print(f"# composed query: " + " ".join(f"{t.weight:+g}*{t.text!r}" if t.is_text else f"{t.weight:+g}*{t.name}"
+                                                for t in terms) + " (the first query also loads the model)")
+        _print_hits(hits, method, index.parse_method(method), secs, set(), 0.0)
+        return 0
     method = args.method or ("pixel-l1" if args.text is None or not index.manifest.embedder
                              else f"{index.manifest.embedder['name']}-cosine")
     order = index.parse_method(method)
@@ -39,13 +71,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits, secs = index.search_text(args.text, method, args.k)
     else:
         hits, secs = index.search(args.image, method, args.k)
-    if loaded:
-        print(f"# loaded the {' and '.join(sorted(loaded))} in {load_secs:.2f} s")
-    print(f"# {method} ({'higher' if order.higher_is_better else 'lower'} is more similar), "
-          f"query {secs * 1000:.1f} ms")
-    print("rank\tclass\tscore\tpath")
-    for h in hits:
-        print(f"{h.rank}\t{h.label}\t{h.score:.6g}\t{h.path}")
+    _print_hits(hits, method, order, secs, loaded, load_secs)
     if args.plot:
         if args.image is None:
             raise LookalikeError("--plot needs an image query")
@@ -57,12 +83,84 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import atomic
     from .evaluate import evaluate_index, format_table
+    from .library import NothingToEvaluate, evaluation_protocol
     index = _open(args)
-    report = evaluate_index(index, methods=args.methods or None)
+    if args.protocol == "kfold" and not args.save:
+        return _evaluate_kfold(index, args)
+    try:
+        protocol, why = evaluation_protocol(index.manifest.labels, index.rels, index.data_dir)
+        if protocol is None:
+            raise NothingToEvaluate(why)
+        try:
+            if protocol == "kfold":
+                raise NothingToEvaluate(why)
+            report = evaluate_index(index, methods=args.methods or None)
+        except NothingToEvaluate as exc:   # no test split (or nothing readable in it): k-fold instead
+            print(f"# {exc}; k-fold instead (--protocol kfold)", file=sys.stderr if args.json else sys.stdout)
+            if not args.save:
+                return _evaluate_kfold(index, args)
+            from .evaluate import evaluate_kfold
+            from .paths import EVALUATION
+            report = evaluate_kfold(index, methods=args.methods or None, folds=args.folds, seed=args.seed)
+            atomic.write_json(index.index_dir / EVALUATION, report)   # a k-fold-only report; the app says so
+            print(json.dumps(report, indent=1) if args.json else format_table(report))
+            return 0
+    except NothingToEvaluate as exc:   # an unlabelled library: nothing wrong, nothing to score
+        print(f"# {exc}", file=sys.stderr if args.json else sys.stdout)
+        return 0
+    if args.save or args.protocol == "both":   # evaluation.json holds both protocols
+        from .evaluate import evaluate_kfold
+        try:
+            report["kfold"] = evaluate_kfold(index, methods=args.methods or None, folds=args.folds, seed=args.seed)
+        except NothingToEvaluate as exc:
+            report["kfold"] = {"skipped": str(exc)}
     if args.save:
         from .paths import EVALUATION
         atomic.write_json(index.index_dir / EVALUATION, report)
-    print(json.dumps(report, indent=1) if args.json else format_table(report))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    if args.protocol == "test":
+        print(format_table(report))
+    else:
+        print("## test split as queries\n\n" + format_table(report))
+    if args.protocol != "test" and "methods" in report.get("kfold", {}):
+        print("\n## k-fold\n\n" + format_table(report["kfold"]))
+    return 0
+
+
+def _evaluate_kfold(index, args: argparse.Namespace) -> int:
+    """`evaluate --protocol kfold [--tune]`: the k-fold table, and with --tune the k x alpha grid."""
+    from .evaluate import build_pool, evaluate_kfold, format_table, format_tune, tune_table
+    from .library import NothingToEvaluate
+    try:
+        pool = build_pool(index)
+        report = evaluate_kfold(index, methods=args.methods or None, folds=args.folds, seed=args.seed, pool=pool)
+        tables = [tune_table(index, src, folds=args.folds, seed=args.seed, pool=pool)
+                  for src in index.sources()] if args.tune else []
+    except NothingToEvaluate as exc:
+        print(f"# {exc}")
+        return 0
+    if args.json:
+        print(json.dumps({**report, "tune": tables}, indent=1))
+        return 0
+    print(format_table(report))
+    for table in tables:
+        print(format_tune(table))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """`compare IMAGE`: every method's top k side by side, hits marked where the class is known."""
+    from .compare import compare, format_rows
+    index = _open(args)
+    for method in args.methods or index.methods:   # load the model and Chroma before timing
+        index.prepare(method)
+    result = compare(index, args.image, args.methods or None, args.k, label=args.label)
+    print(format_rows(index, result))
+    if args.plot:
+        from .plot import plot_comparison
+        print(f"saved {plot_comparison(args.image, result, index, args.plot)}")
     return 0
 
 
@@ -71,7 +169,32 @@ def cmd_methods(args: argparse.Namespace) -> int:
     index = _open(args)
     for name in index.methods:
         m = index.parse_method(name)
-        print(f"{name}\t{METRICS[m.metric].order}\t{'HNSW (Chroma)' if m.hnsw else 'exact'}")
+        line = f"{name}\t{METRICS[m.metric].order}\t{'HNSW (Chroma)' if m.hnsw else 'exact'}"
+        if m.reranked:   # what the re-ranking adds, and its recorded k / alpha / space
+            from .rerank import describe
+            line += "\tre-ranked: " + " + ".join(x for x, on in (("DBA", m.dba), ("alpha-QE", m.qe)) if on) \
+                + f", {describe(index.rerank_settings(m.source))}"
+        print(line)
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    """Groups of near-duplicates from the index's stored vectors (or pHash of its pixels)."""
+    from .duplicates import find_duplicates
+    index = _open(args)
+    report = find_duplicates(index, args.threshold, args.features)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+        return 0
+    what = "perceptual hash of the pixels" if report.kind == "phash" else f"{report.kind} embeddings"
+    print(f"# {len(report.groups)} groups of near-duplicates among {len(report.rels)} images "
+          f"({what}, similarity >= {report.threshold:.3f})")
+    for n, g in enumerate(report.groups, 1):
+        sim = (f"{g.min_similarity:.3f}" if g.min_similarity == g.max_similarity
+               else f"{g.min_similarity:.3f}-{g.max_similarity:.3f}")
+        print(f"group {n}: {len(g.rows)} images, similarity {sim}")
+        for row in g.rows:
+            print(f"  {index.paths[row]}")
     return 0
 
 
@@ -79,13 +202,27 @@ def cmd_index(args: argparse.Namespace) -> int:
     """The `index` stage, for both `build_index.py index` and `build_index.py all`."""
     from .indexing import build_index
     summary = build_index(args.data, args.index, pixel_size=args.pixel_size, model=args.model,
-                          chroma_url=args.chroma_url, evaluate=not args.no_eval, batch_size=args.batch_size)
+                          chroma_url=args.chroma_url, evaluate=not args.no_eval, batch_size=args.batch_size,
+                          labels=getattr(args, "labels", "auto"), lock_wait=getattr(args, "lock_wait", 0.0),
+                          precision=getattr(args, "precision", "auto"))
     print(f"indexed {summary['images']} images at {summary['pixel_size']}px "
           f"({summary['embedded']} embedded, {len(summary['skipped'])} skipped) -> {args.index}")
+    if "evaluation_note" in summary:
+        print(f"evaluation: {summary['evaluation_note']}")
     if "evaluation" in summary:
         from .evaluate import format_table
         print(format_table(summary["evaluation"]))
+    elif "evaluation_skipped" in summary:
+        print(f"evaluation skipped: {summary['evaluation_skipped']}")
     return 0
+
+
+def add_precision_option(p: "argparse.ArgumentParser | argparse._ArgumentGroup", what: str) -> None:
+    """--precision {auto,fp32,bf16}, shared by the index build, search and the app."""
+    from .embedders.precision import PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help=f"{what}: 'auto' (bf16 where the CPU has native bf16 and a short timed "
+                        "calibration finds it faster, else fp32; fp16 on a GPU), 'fp32' or 'bf16'")
 
 
 def add_index_build_options(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
@@ -100,15 +237,24 @@ def add_index_build_options(p: "argparse.ArgumentParser | argparse._ArgumentGrou
     p.add_argument("--chroma-url", default=None, help="use a Chroma server http://HOST:PORT instead of the embedded store")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
     p.add_argument("--no-eval", action="store_true", help="skip writing evaluation.json")
+    add_precision_option(p, "the model's precision while embedding")
+    p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another build of the same index folder is running, wait up to SECONDS for "
+                        "it to finish (default: 0, refuse at once with a message naming the lock)")
+    p.add_argument("--labels", choices=("auto", "folders", "none"), default="auto",
+                   help="classes: 'auto' (train/<class>, or two or more top-level folders and no loose "
+                        "images), 'folders' (the top-level folder is the class) or 'none' (unlabelled)")
 
 
 def register_index(sub: "argparse._SubParsersAction") -> None:
     """The `index` stage of build_index.py."""
-    p = sub.add_parser("index", help="build or update the search index for DATA/train",
+    p = sub.add_parser("index", help="build or update the search index of a library folder",
                        description="Resize every library image once (pixel index), embed new or changed "
-                                   "images (--model), sync the Chroma collections and write evaluation.json.")
+                                   "images (--model), sync the Chroma collections and write evaluation.json "
+                                   "(where the library has classes and a test split). The library is any "
+                                   "folder of images: flat, nested, or train/<class> + test/<class>.")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help=f"library root with train/ and test/ (default: {DEFAULT_DATA})")
+                   help=f"library folder: any folder of images, or train/ + test/ (default: {DEFAULT_DATA})")
     p.add_argument("--index", type=Path, default=DEFAULT_INDEX, help=f"index folder (default: {DEFAULT_INDEX})")
     add_index_build_options(p)
     p.set_defaults(func=cmd_index)
@@ -121,17 +267,53 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="rank the library for an image (or --text) query")
     s.add_argument("image", nargs="?", type=Path, help="query image path")
     s.add_argument("--text", default=None, help="text query (CLIP indexes only)")
+    s.add_argument("--query", "--add", "-q", action="append", default=[], metavar="TERM",
+                   help="composed query term, repeatable: a text or an image path, optionally weighted "
+                        "as W:TERM, e.g. --query '2:red car' --query photo.jpg (rclip's --add)")
+    s.add_argument("--minus", "--subtract", action="append", default=[], metavar="TERM",
+                   help="term to push results away from, e.g. --minus night (rclip's --subtract)")
     s.add_argument("--method", default=None, help="e.g. pixel-l1, pixel-corr, effnet-cosine, clip-hnsw-cosine")
     s.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     s.add_argument("--plot", type=Path, default=None, help="save the query and results as a PNG")
+    add_precision_option(s, "the model's precision for the query")
     _index_args(s)
     s.set_defaults(func=cmd_search)
     e = sub.add_parser("evaluate", help="P@1/5/10 and mAP per method, test split as queries")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--methods", nargs="*", default=None, help="only these methods")
-    e.add_argument("--save", action="store_true", help="also write INDEX/evaluation.json (read by the app)")
+    e.add_argument("--save", action="store_true",
+                   help="also write INDEX/evaluation.json (read by the app; it holds both protocols)")
+    e.add_argument("--protocol", choices=("test", "kfold", "both"), default="test",
+                   help="test: the test split queries the train library (default); kfold: train+test pooled "
+                        "into seeded class-stratified folds, each image queries the other folds; both")
+    e.add_argument("--folds", type=int, default=5, help="k of k-fold (default 5)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    e.add_argument("--tune", action="store_true",
+                   help="with --protocol kfold: also print the re-ranking k x alpha table per vector source")
     _index_args(e)
     e.set_defaults(func=cmd_evaluate)
+    c = sub.add_parser("compare", help="one query through every method, side by side",
+                       description="Rank the library for IMAGE by every method (pixels, deep exact, HNSW, "
+                                   "re-ranked): top k per method, hits marked + / - where the query's class is "
+                                   "known (a library or test-split image, or --label), P@k and this query's AP.")
+    c.add_argument("image", type=Path, help="query image path")
+    c.add_argument("-k", type=int, default=5, help="results per method (default 5)")
+    c.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
+    c.add_argument("--label", default=None, help="the query's class, when it is not a library or test image")
+    c.add_argument("--plot", type=Path, default=None, help="save one row per method as a PNG")
+    _index_args(c)
+    c.set_defaults(func=cmd_compare)
+    d = sub.add_parser("duplicates", help="print groups of near-duplicate images with their similarity",
+                       description="Near-duplicates (resized, recompressed, lightly cropped or brightened copies) "
+                                   "from the stored embeddings, or a perceptual hash of the stored pixels for a "
+                                   "pixel-only index. Nothing is decoded again.")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="similarity from 0 to 1 (default: measured per feature kind, see docs/own-photos.md)")
+    d.add_argument("--features", choices=("auto", "embeddings", "phash"), default="auto",
+                   help="auto: embeddings when the index has them, else the perceptual hash")
+    d.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _index_args(d)
+    d.set_defaults(func=cmd_duplicates)
     m = sub.add_parser("methods", help="list the methods this index offers and their sort order")
     _index_args(m)
     m.set_defaults(func=cmd_methods)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Union
@@ -25,6 +27,25 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 MIN_SIDE = 1  # the library accepts any size; the cleaner applies its own (50 px) minimum
+
+# Memory is bounded by the work, not by what a file declares (docs/reliability.md, "Round 2").
+# One image may hold at most DECODE_BUDGET_BYTES decoded, at the bytes per pixel Pillow stores for
+# its mode (1 for L/P, 2 for 16-bit grey, 4 for RGB and the rest): a 64 Mpx RGB photo is exactly
+# that. A decode reserves twice its decoded size (the decoded image plus its RGB copy) from one
+# per-process pool, DECODE_POOL_BYTES, so concurrent requests and build threads together never
+# hold more than the pool in decodes: the rest wait their turn (and give up after
+# DECODE_WAIT_S with a clear message). LOOKALIKE_DECODE_POOL_MB sets the pool.
+DECODE_BUDGET_BYTES = MAX_PIXELS * 4
+DECODE_POOL_BYTES = int(float(os.environ.get("LOOKALIKE_DECODE_POOL_MB", "1024")) * 2 ** 20)
+DECODE_WAIT_S = 60.0
+# A model's resize (shorter side to 224-256) sees at most this aspect ratio: a longer image is
+# centre-cropped first, so a 1,000,000x1 file cannot ask for a 256,000,000x256 resize.
+MAX_ASPECT = 4.0
+MAX_RESIZED_PIXELS = 4_000_000   # the most pixels any preprocessing step may produce
+# A query is decoded no larger than it needs: every method resizes to at most 256 px (models) or
+# the index's pixel size, so load_image(reduce_to=QUERY_SIDE) lets JPEG decode at 1/2..1/8 scale
+# and divides other formats down right after decoding, keeping the shorter side >= QUERY_SIDE.
+QUERY_SIDE = 512
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
@@ -33,6 +54,76 @@ ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 def is_image_name(name: str) -> bool:
     """True for visible files with a supported image extension."""
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """Bytes Pillow holds for a decoded image of this size and mode."""
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return int(width) * int(height) * per_pixel
+
+
+class _DecodePool:
+    """A byte budget shared by every decode in the process (see DECODE_POOL_BYTES)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+        self._cond = threading.Condition()
+
+    def reserve(self, nbytes: int, label: str, wait_s: float = DECODE_WAIT_S) -> int:
+        nbytes = min(nbytes, self.total)   # one image never waits for more than the whole pool
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while self.used + nbytes > self.total:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ImageError(f"{label}: the server is busy decoding other large images "
+                                     f"({self.used / 2 ** 20:.0f} MB of its {self.total / 2 ** 20:.0f} MB "
+                                     "decode budget in use); try again in a moment")
+                self._cond.wait(left)
+            self.used += nbytes
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()
+
+
+DECODE_POOL = _DecodePool(DECODE_POOL_BYTES)
+
+
+def cap_aspect(img: Image.Image, max_ratio: float = MAX_ASPECT) -> Image.Image:
+    """Centre-crop the long side to `max_ratio` x the short side (images within it are returned
+    as they are). Models crop the centre after their resize anyway; this crop comes first, so the
+    resize's cost and result are bounded whatever aspect ratio a file declares."""
+    w, h = img.size
+    if min(w, h) < 1 or max(w, h) <= max_ratio * min(w, h):
+        return img
+    if w > h:
+        keep = max(1, int(h * max_ratio))
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    keep = max(1, int(w * max_ratio))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale -> L, in bands of rows and in integers: the working memory is one band,
+    not the four float64 copies of the whole image that a 64 Mpx 16-bit PNG used to cost."""
+    w, h = img.size
+    step = max(1, (1 << 22) // max(w, 1))   # about 4 Mpx per band
+    bands = [(y, min(h, y + step)) for y in range(0, h, step)]
+    if img.mode.startswith("I;16"):
+        peak = 65535
+    else:   # plain "I" (32-bit) carries no range: values above 255 are taken as 16-bit
+        top = max((int(np.asarray(img.crop((0, a, w, b))).max(initial=0)) for a, b in bands), default=0)
+        peak = 65535 if top > 255 else 255
+    out = np.empty((h, w), dtype=np.uint8)
+    for a, b in bands:
+        band = np.asarray(img.crop((0, a, w, b))).astype(np.int64)
+        out[a:b] = np.clip(band * 255 // peak, 0, 255)
+    return Image.fromarray(out, "L")
 
 
 def _open(source: ImageSource, label: str) -> Image.Image:
@@ -55,11 +146,9 @@ def flatten_to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 25
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
         # 16-bit modes span 0..65535 whatever the content (a dark exposure stays dark); plain "I"
         # (32-bit) carries no range, so values above 255 are taken as 16-bit, others as 8-bit.
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
+        img = _grey_to_8bit(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -70,12 +159,16 @@ def flatten_to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 25
     return img.convert("RGB")
 
 
-def load_image(source: ImageSource, name: str | None = None, *, draft: int | None = None) -> Image.Image:
+def load_image(source: ImageSource, name: str | None = None, *, draft: int | None = None,
+               reduce_to: int | None = None) -> Image.Image:
     """Open, decode fully, apply EXIF orientation, take the first frame and return RGB.
 
     draft: for a model that resizes to `draft` px anyway, let the JPEG decoder scale by 1/2, 1/4 or
     1/8 while decoding (DCT scaling), keeping both sides >= draft: a 12 Mpx photo then decodes in a
     fraction of the time. Other formats, and images already near that size, decode as usual.
+    reduce_to: also divide any other format down by a whole factor right after decoding, keeping
+    the shorter side >= reduce_to (queries: QUERY_SIDE), so the RGB copy and the conversions of
+    a 64 Mpx upload cost a fraction of its decode.
     Raises ImageError with a specific reason; never returns a half-decoded image.
     """
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "the image")
@@ -83,30 +176,98 @@ def load_image(source: ImageSource, name: str | None = None, *, draft: int | Non
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = _open(source, label)
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(
-                    f"{label}: {img.width}x{img.height} is too large "
-                    f"({img.width * img.height / 1e6:.0f} Mpx, limit {MAX_PIXELS / 1e6:.0f} Mpx)"
-                )
+            _check_size(img, label)
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
+            draft = draft or reduce_to
             if draft and img.format == "JPEG" and min(img.size) >= 2 * draft:
                 img.draft("RGB", (draft, draft))
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return flatten_to_rgb(img)
+            held = DECODE_POOL.reserve(2 * decoded_bytes(*img.size, img.mode), label)
+            try:
+                img.load()
+                if reduce_to:
+                    img = _reduce_early(img, reduce_to)
+                img = ImageOps.exif_transpose(img) or img
+                return flatten_to_rgb(img)
+            finally:
+                DECODE_POOL.release(held)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, UnidentifiedImageError,
+            OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _classify(exc, label) from None
+
+
+def _classify(exc: BaseException, label: str) -> BaseException:
+    """The ImageError for what Pillow raised while opening or decoding (anything else as is)."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         # Pillow names its own hard limit (twice ours); say what the file declares and our limit.
         declared = re.search(r"\((\d+) pixels\)", str(exc))
         what = f"it declares {int(declared[1]) / 1e6:.0f} Mpx" if declared else str(exc)
-        raise ImageError(f"{label}: refused as a possible decompression bomb ({what}, the limit is "
-                         f"{MAX_PIXELS / 1e6:.0f} Mpx)") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image (no known image format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{label}: corrupt or truncated image ({exc})") from None
+        return ImageError(f"{label}: refused as a possible decompression bomb ({what}, the limit is "
+                          f"{MAX_PIXELS / 1e6:.0f} Mpx)")
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageError(f"{label}: not an image (no known image format)")
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        return ImageError(f"{label}: corrupt or truncated image ({exc})")
+    return exc
+
+
+def _reduce_early(img: Image.Image, side: int) -> Image.Image:
+    """Divide a decoded image by the largest whole factor that keeps its shorter side >= side
+    (box filter, Image.reduce); EXIF orientation is carried over for exif_transpose."""
+    factor = min(img.size) // side
+    if factor < 2:
+        return img
+    exif = img.getexif()
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        img = _grey_to_8bit(img)          # reduce does not take 16-bit modes; L is a quarter of RGB
+    elif img.mode in ("P", "PA", "1"):
+        img = flatten_to_rgb(img)         # nor palettes: transparency goes onto white first
+    out = img.reduce(factor)
+    if exif.get(0x0112):
+        out.info["exif"] = exif.tobytes()
+    return out
+
+
+def _check_size(img: Image.Image, label: str) -> None:
+    """Refuse, from the header alone, images over the pixel limit or the per-image decode budget."""
+    if img.width * img.height > MAX_PIXELS:
+        raise ImageError(
+            f"{label}: {img.width}x{img.height} is too large "
+            f"({img.width * img.height / 1e6:.0f} Mpx, limit {MAX_PIXELS / 1e6:.0f} Mpx)"
+        )
+    need = decoded_bytes(*img.size, img.mode)
+    if need > DECODE_BUDGET_BYTES:
+        raise ImageError(f"{label}: {img.width}x{img.height} in mode {img.mode} would take "
+                         f"{need / 2 ** 20:.0f} MB to decode, over the {DECODE_BUDGET_BYTES / 2 ** 20:.0f} MB "
+                         "per-image budget; scale it down first")
+
+
+def check_image(source: ImageSource, name: str | None = None) -> tuple[int, int, str]:
+    """Decode fully (catching truncation and corruption) but convert nothing: (width, height, mode).
+
+    For checks that only need to know a file is a usable image (the downloader): the same
+    refusals as `load_image`, at the memory of the decoded file alone, with no RGB copy."""
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "the image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open(source, label)
+            _check_size(img, label)
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            held = DECODE_POOL.reserve(decoded_bytes(*img.size, img.mode), label)
+            try:
+                img.load()
+            finally:
+                DECODE_POOL.release(held)
+            return img.width, img.height, img.mode
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, UnidentifiedImageError,
+            OSError, SyntaxError, ValueError, EOFError) as exc:   # the same classification as load_image
+        raise _classify(exc, label) from None
 
 
 def resize_pixels(img: Image.Image, size: int) -> np.ndarray:

@@ -19,9 +19,10 @@ from tqdm import tqdm
 from . import atomic
 from .errors import ImageError, IndexError_, LookalikeError
 from .images import load_image, resize_pixels
-from .library import file_sha256, scan_split
+from .library import NothingToEvaluate, evaluation_protocol, file_sha256, printable, scan_library
+from .lock import locked_build
 from .manifest import Manifest
-from .paths import EVALUATION
+from .paths import EVALUATION, MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +73,61 @@ def _old_manifest(index_dir: Path) -> Manifest | None:
 
 
 def _reuse_rows(old_items: list[dict[str, str]] | None, new_items: list[dict[str, str]]) -> dict[int, int]:
-    """Map new row -> old row for images whose path and content hash are unchanged."""
+    """Map new row -> old row for images whose content is unchanged, matched by content hash (the
+    same path first), so a renamed or moved file keeps its pixels and vectors: nothing re-embedded."""
     if not old_items:
         return {}
-    old = {(it["path"], it["sha256"]): i for i, it in enumerate(old_items)}
-    return {i: old[(it["path"], it["sha256"])] for i, it in enumerate(new_items)
-            if (it["path"], it["sha256"]) in old}
+    by_path = {(it["path"], it["sha256"]): i for i, it in enumerate(old_items)}
+    by_sha: dict[str, int] = {}
+    for i, it in enumerate(old_items):
+        by_sha.setdefault(it["sha256"], i)
+    out = {}
+    for i, it in enumerate(new_items):
+        old = by_path.get((it["path"], it["sha256"]), by_sha.get(it["sha256"]))
+        if old is not None:
+            out[i] = old
+    return out
 
 
-def _load_array(index_dir: Path, name: str | None) -> np.ndarray | None:
+def _scan(data_dir: Path, index_dir: Path, labels: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The library's rows ({path, label, sha256}) and what the scan skipped (see retrieval.library);
+    a file that cannot be read for hashing is skipped too, not fatal."""
+    library = scan_library(data_dir, exclude=[index_dir], labels=labels)
+    log.info("%s", library.describe())
+    items, skipped = [], list(library.skipped)
+    for it in library.items:
+        try:
+            items.append({"path": it.rel, "label": it.label, "sha256": file_sha256(it.path(data_dir))})
+        except OSError as exc:
+            skipped.append({"path": printable(it.rel), "reason": f"cannot be read ({exc.strerror or exc})"})
+            log.warning("skipped %s: cannot be read (%s)", printable(it.rel), exc.strerror or exc)
+    return items, skipped
+
+
+def _load_array(index_dir: Path, name: str | None, manifest: Manifest | None = None) -> np.ndarray | None:
+    """An old array to reuse rows from; None (rebuild it) when unreadable or, checked against its
+    manifest, damaged: a NaN or swapped array must not be copied into the new index."""
     if not name or not (index_dir / name).is_file():
         return None
     try:
-        return np.load(index_dir / name, mmap_mode="r")
-    except (OSError, ValueError):
-        log.warning("ignoring unreadable %s; it will be rebuilt", name)
+        arr = np.load(index_dir / name, mmap_mode="r")
+        if manifest is not None:
+            manifest.check_array(index_dir / name, np.asarray(arr))
+        return arr
+    except (OSError, ValueError, IndexError_) as exc:
+        log.warning("ignoring %s (%s); it will be rebuilt", name, exc)
         return None
 
 
+@locked_build   # one build per index folder at a time; build_index(..., lock_wait=SECONDS) waits
 def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = None,
                 model: str | None = None, chroma_url: str | None = None,
-                evaluate: bool = True, batch_size: int = 32) -> dict[str, Any]:
-    """Build or update the index for DATA/train under INDEX; returns a summary for logs and tests.
+                evaluate: bool = True, batch_size: int = 32, labels: str = "auto",
+                precision: str = "fp32") -> dict[str, Any]:
+    """Build or update the index of the library DATA (any layout, see retrieval.library) under
+    INDEX; returns a summary for logs and tests. `labels`: "auto", "folders" or "none".
+    `precision`: "fp32", "bf16" or "auto" (bf16 where the CPU runs it natively and faster; the
+    command line's default), see retrieval.embedders.precision.
 
     model: an embedder spec (see retrieval.embedders.load_embedder), None/"auto" for the default,
     or "none" for a pixel-only index.
@@ -110,12 +144,10 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
         raise IndexError_(f"cannot write to the index folder {index_dir}; the existing index was left as it is")
     old = _old_manifest(index_dir)
 
-    library = scan_split(data_dir, "train")
-    items = [{"path": it.rel, "label": it.label,
-              "sha256": file_sha256(it.path(data_dir))} for it in library]
+    items, scan_skipped = _scan(data_dir, index_dir, labels)
 
     # Pixels: reuse unchanged rows, decode the rest once.
-    old_pixels = _load_array(index_dir, old.pixels_file) if old and old.pixel_size == size else None
+    old_pixels = _load_array(index_dir, old.pixels_file, old) if old and old.pixel_size == size else None
     reuse = _reuse_rows(old.items if old_pixels is not None else None, items)
     todo = [i for i in range(len(items)) if i not in reuse]
     fresh, ok, failed = pixel_rows([data_dir / items[i]["path"] for i in todo], size)
@@ -127,11 +159,12 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     skipped = [{"path": items[todo[j]]["path"], "reason": why} for j, why in failed]
     for s in skipped:
         log.warning("skipped %s", s["reason"])
+    skipped = scan_skipped + skipped
     keep = sorted(set(range(len(items))) - {todo[j] for j, _ in failed})
     items = [items[i] for i in keep]
     pixels = pixels[keep]
     if not items:
-        raise IndexError_(f"none of the images under {data_dir / 'train'} could be read")
+        raise IndexError_(f"none of the {len(todo)} images under {data_dir} could be read")
     log.info("pixels: %d images at %dx%d (%d reused, %d decoded, %d skipped)",
              len(items), size, size, len(reuse), len(ok), len(failed))
 
@@ -143,8 +176,12 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     try:
         atomic.save_npy(index_dir / manifest.pixels_file, pixels)
         if (model or "auto").lower() not in NO_MODEL:
-            manifest.embedder, summary["embedded"] = _embed(index_dir, data_dir, items, old, model, token, batch_size)
+            manifest.embedder, summary["embedded"] = _embed(index_dir, data_dir, items, old, model, token, batch_size,
+                                                            precision)
             manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url, old)
+        from .rerank import build_library_side   # DBA from the current library (retrieval.rerank)
+        manifest.rerank = build_library_side(index_dir, manifest, token, chroma_url)
+        manifest.seal(index_dir)   # checksums of the rows and arrays, verified when the index is opened
         manifest.write(index_dir)
     except BaseException:
         # Unless the new manifest made it to disk, no manifest names the new arrays: free their
@@ -158,24 +195,55 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     # evaluate=False, by `python -m retrieval evaluate --save`).
     (index_dir / EVALUATION).unlink(missing_ok=True)
     _remove_stale(index_dir, manifest)
-    summary["manifest"] = str(index_dir / "manifest.json")
+    summary["manifest"] = str(index_dir / MANIFEST)
     if evaluate:
-        from .evaluate import evaluate_index
-        from .search import LookalikeIndex
-        report = evaluate_index(LookalikeIndex.open(index_dir))
-        atomic.write_json(index_dir / EVALUATION, report)
-        summary["evaluation"] = report
+        _evaluate(index_dir, summary)
     return summary
 
 
+def _evaluate(index_dir: Path, summary: dict[str, Any]) -> None:
+    """Evaluate where the library allows it, saying how in one info line; the build succeeds either
+    way. Test split: the test protocol (and k-fold). Labelled, but no test split or no readable
+    test image: k-fold only. Unlabelled (or k-fold impossible): skipped, with the reason."""
+    from .evaluate import KFOLD_MAX_IMAGES, evaluate_all, evaluate_kfold
+    from .search import LookalikeIndex
+    index = LookalikeIndex.open(index_dir)
+    protocol, why = evaluation_protocol(index.manifest.labels, index.rels, index.data_dir)
+    try:
+        if protocol is None:
+            raise NothingToEvaluate(why)
+        try:
+            if protocol == "kfold":
+                raise NothingToEvaluate(why)
+            report = evaluate_all(index)   # the test protocol, and k-fold under "kfold"
+        except NothingToEvaluate as exc:   # no test split, or none of its images readable
+            if len(index.rels) > KFOLD_MAX_IMAGES:
+                raise NothingToEvaluate(f"{exc}; k-fold is skipped above {KFOLD_MAX_IMAGES} images (run python -m "
+                                        "retrieval evaluate --protocol kfold --save)") from None
+            log.info("evaluation: %s", exc)
+            summary["evaluation_note"] = str(exc)
+            report = evaluate_kfold(index)
+    except NothingToEvaluate as exc:
+        log.info("evaluation skipped: %s", exc)
+        summary["evaluation_skipped"] = str(exc)
+        return
+    atomic.write_json(index_dir / EVALUATION, report)
+    summary["evaluation"] = report
+
+
 def _embed(index_dir: Path, data_dir: Path, items: list[dict[str, str]], old: Manifest | None,
-           model: str | None, token: str, batch_size: int) -> tuple[dict[str, Any], int]:
+           model: str | None, token: str, batch_size: int,
+           precision: str = "fp32") -> tuple[dict[str, Any], int]:
     """Embed new or changed images only; returns the manifest's embedder record and the count embedded."""
     from .embedders import load_embedder
 
     embedder = load_embedder(None if model in (None, "auto") else model)
-    same_model = bool(old and old.embedder and old.embedder["spec"] == embedder.spec)
-    old_vectors = _load_array(index_dir, old.embedder["file"]) if same_model else None
+    before = old.embedder if old and old.embedder and old.embedder["spec"] == embedder.spec else None
+    _set_build_precision(embedder, precision, before.get("precision", "fp32") if before else None)
+    # Rows are reused only from vectors of the same model *and* precision: the manifest's precision
+    # then describes every row, and `--precision fp32` gives exactly the fp32 vectors.
+    same_model = bool(before and before.get("precision", "fp32") == embedder.precision)
+    old_vectors = _load_array(index_dir, old.embedder["file"], old) if same_model else None
     reuse = _reuse_rows(old.items if old_vectors is not None else None, items)
     vectors = np.zeros((len(items), embedder.dim), dtype=np.float32)
     for new_i, old_i in reuse.items():
@@ -194,9 +262,37 @@ def _embed(index_dir: Path, data_dir: Path, items: list[dict[str, str]], old: Ma
         raise IndexError_(f"{len(missing)} images decoded for pixels but failed to embed: {missing[:5]}")
     record = {"spec": embedder.spec, "source": getattr(embedder, "source", model) or embedder.spec,
               "name": embedder.name, "dim": embedder.dim, "has_text": embedder.has_text,
-              "file": f"embeddings-{embedder.name}.{token}.npy"}
+              "file": f"embeddings-{embedder.name}.{token}.npy",
+              **_precision_record(embedder, old if same_model else None, reuse,
+                                  [data_dir / items[i]["path"] for i in todo], vectors[todo], batch_size)}
     atomic.save_npy(index_dir / record["file"], vectors)
     return record, len(todo)
+
+
+def _set_build_precision(embedder, requested: str | None, previous: str | None) -> None:
+    """Put the embedder in the build's precision. `auto` on an update keeps the index's own
+    precision where this machine can run it (its rows stay reusable, and a borderline
+    calibration cannot flip an index back and forth); otherwise see precision.resolve."""
+    from .embedders import precision as prec
+    requested = prec.check_precision(requested)
+    if requested == "auto" and embedder.device.type == "cpu" and (
+            previous == "fp32" or (previous == "bf16" and prec.native_bf16())):
+        chosen, why = previous, {"requested": requested, "why": f"kept the index's precision ({previous})"}
+    else:
+        chosen, why = prec.resolve(embedder, requested)
+    if chosen != embedder.precision:
+        embedder.set_precision(chosen)
+    embedder.precision_record = why
+
+
+def _precision_record(embedder, old: Manifest | None, reuse: dict[int, int], paths: list[Path],
+                      vectors: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """The manifest's precision fields; for bf16, the quality guard's check against fp32."""
+    from .embedders.precision import quality_check
+    out: dict[str, Any] = {"precision": embedder.precision, "precision_choice": embedder.precision_record}
+    if embedder.precision == "bf16" and paths:
+        out["precision_check"] = quality_check(embedder, paths, vectors, batch_size)
+    return out
 
 
 def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
@@ -223,7 +319,7 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
             if held.get(p, {}).get("sha256") != manifest.items[i]["sha256"]
             or held.get(p, {}).get("spec") != manifest.embedder["spec"]]
     if (stale or rows) and old is not None and old.chroma is not None \
-            and {k: v for k, v in old.chroma.items() if k != "syncing"} == record:
+            and {k: v for k, v in old.chroma.items() if k not in ("syncing", "hnsw")} == record:
         old.chroma = {**record, "syncing": True}
         old.write(index_dir)
     if stale:
@@ -234,12 +330,24 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
                        "sha256": manifest.items[i]["sha256"], "spec": manifest.embedder["spec"]}
                       for i in rows])
     log.info("chroma: %d upserted, %d deleted, %s", len(rows), len(stale), store.count())
-    return record
+    return {**record, "hnsw": _tune_hnsw(store, len(manifest.items))}
+
+
+def _tune_hnsw(store, n: int) -> dict[str, int]:
+    """Set ef_search for the collection size (vectorstore.ef_search_for) and return the HNSW
+    settings the collections hold, for the manifest."""
+    from .vectorstore import ef_search_for
+    held = store.hnsw_settings()
+    if held["ef_search"] != ef_search_for(n):
+        store.set_ef_search(ef_search_for(n))
+        held = store.hnsw_settings()
+    return held
 
 
 def _remove_stale(index_dir: Path, manifest: Manifest) -> None:
     """Delete array files that the new manifest no longer names (after the manifest is written)."""
-    live = {manifest.pixels_file, (manifest.embedder or {}).get("file")}
+    from .rerank import record_files
+    live = {manifest.pixels_file, (manifest.embedder or {}).get("file"), *record_files(manifest.rerank)}
     for f in index_dir.glob("*.npy"):
         if f.name not in live:
             f.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ a build killed half-way leaves the previous index readable (or none at all), nev
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -13,13 +14,33 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import atomic
 from .errors import IndexError_
 from .paths import MANIFEST
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # no separators, not hidden, not '..'
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+REBUILD = "rebuild the index (python build_index.py index)"
 FORMAT = 1
 PACKAGES = ("numpy", "pillow", "torch", "open_clip_torch", "timm", "chromadb", "gradio")
+
+
+def array_checksum(arr: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes: written at build time, checked on open, so a
+    swapped, truncated or hand-edited array is refused instead of answered from."""
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def items_checksum(items: list[dict[str, str]]) -> str:
+    """sha256 of the rows (path, label, content hash) in order: a relabelled or reordered manifest
+    no longer matches the arrays it names, and is refused."""
+    rows = [[it.get("path"), it.get("label"), it.get("sha256")] for it in items]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -41,10 +62,14 @@ class Manifest:
     pixels_file: str
     items: list[dict[str, str]]         # {"path": rel, "label": cls, "sha256": hex}, row order
     skipped: list[dict[str, str]] = field(default_factory=list)
-    embedder: dict[str, Any] | None = None   # spec, source, name, dim, has_text, file
-    chroma: dict[str, Any] | None = None     # mode, path or url, prefix
+    # spec, source, name, dim, has_text, file; precision (fp32/bf16/fp16), precision_choice, and for
+    # bf16 precision_check (the build's comparison with fp32, see retrieval.embedders.precision)
+    embedder: dict[str, Any] | None = None
+    chroma: dict[str, Any] | None = None     # mode, path or url, prefix; hnsw (max_neighbors, ef_construction, ef_search)
+    rerank: dict[str, Any] | None = None     # per source: k, alpha, metric, sqrt, flip, dba_file (retrieval.rerank)
     versions: dict[str, str] = field(default_factory=package_versions)
     format: int = FORMAT
+    checksums: dict[str, str] = field(default_factory=dict)   # "items" and each array file -> sha256
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,13 +97,46 @@ class Manifest:
         if not isinstance(manifest.items, list) or not isinstance(manifest.pixels_file, str):
             raise IndexError_(f"{path} is malformed (items or pixels_file); rebuild the index")
         manifest._check_names(path)
+        manifest._check_fields(path)
         return manifest
+
+    def _check_fields(self, path: Path) -> None:
+        """Types and values a damaged or hand-edited manifest gets wrong, each with its own message."""
+        def bad(what: str) -> IndexError_:
+            return IndexError_(f"{path} is damaged: {what}; {REBUILD}")
+        if type(self.pixel_size) is not int or not 1 <= self.pixel_size <= 4096:
+            raise bad(f"pixel_size is {self.pixel_size!r}, not a whole number of pixels")
+        for i, item in enumerate(self.items):
+            for key in ("path", "label", "sha256"):
+                if not isinstance(item.get(key), str):
+                    raise bad(f"image {i} ({item.get('path')!r}) has no {key}")
+            if not _SHA256.match(item["sha256"]):
+                raise bad(f"image {i} ({item['path']!r}) has sha256 {item['sha256'][:80]!r}, not 64 hex digits")
+        emb = self.embedder
+        if emb is not None:
+            if not isinstance(emb, dict) or not all(isinstance(emb.get(k), str) for k in ("spec", "name", "file")):
+                raise bad("the embedder record lacks spec, name or file")
+            if type(emb.get("dim")) is not int or emb["dim"] < 1:
+                raise bad(f"the embedder's dim is {emb.get('dim')!r}, not a whole number")
+            emb.setdefault("source", emb["spec"])
+        if self.chroma is not None and (not isinstance(self.chroma, dict) or not isinstance(self.chroma.get("prefix"), str)):
+            raise bad("the chroma record lacks its collection prefix")
+        if not isinstance(self.checksums, dict):
+            raise bad("checksums is not an object")
+        want = self.checksums.get("items")
+        if want is not None and want != items_checksum(self.items):
+            raise bad("its image list (paths, labels or content hashes) was changed after the build "
+                      "(the items checksum does not match)")
 
     def _check_names(self, path: Path) -> None:
         """Refuse names that would lead outside the index or library folder. An index can come from
         a Hub dataset repo, so its manifest is input like any other: the files it names are opened
         (and Chroma's folder created) inside the index folder only, and its images inside the library."""
         files = [self.pixels_file, (self.embedder or {}).get("file", "x"), (self.chroma or {}).get("path") or "x"]
+        if self.rerank is not None:   # the DBA files of retrieval.rerank
+            sources = self.rerank.get("sources") if isinstance(self.rerank, dict) else None
+            files += [src.get("dba_file") if isinstance(src, dict) else None for src in (sources or {}).values()] \
+                if isinstance(sources, dict) else [None]
         for name in files:
             if not isinstance(name, str) or not _PLAIN_NAME.match(name):
                 raise IndexError_(f"{path} names the index file {name!r}, which is not a plain file name "
@@ -88,6 +146,37 @@ class Manifest:
             if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
                 raise IndexError_(f"{path} lists the image {rel!r}, which is not a path inside the library; "
                                   "refusing it. Rebuild the index")
+
+    def check_array(self, path: Path, arr: np.ndarray) -> None:
+        """Refuse an array that does not fit this manifest: rank, row count, width, dtype,
+        finiteness and (for indexes that recorded one) the build-time checksum."""
+        if path.name == self.pixels_file:
+            kind, width, dtypes = "pixel", self.pixel_size * self.pixel_size * 3, ("uint8",)
+        else:
+            kind, width, dtypes = "embedding", (self.embedder or {}).get("dim"), ("float32", "float16")
+        def bad(what: str) -> IndexError_:
+            return IndexError_(f"the {kind} array {path.name} is damaged: {what}; {REBUILD}")
+        if arr.ndim != 2:
+            raise bad(f"it has {arr.ndim} dimensions {tuple(arr.shape)}, not 2 (rows x values)")
+        if arr.shape[0] != len(self.items):
+            raise bad(f"it holds {arr.shape[0]} rows but the manifest lists {len(self.items)} images")
+        if arr.shape[1] != width:
+            raise bad(f"its rows have {arr.shape[1]} values, not the {width} that the manifest "
+                      f"({'pixel_size' if kind == 'pixel' else 'dim'}) implies")
+        if arr.dtype.name not in dtypes:
+            raise bad(f"its values are {arr.dtype.name}, not {' or '.join(dtypes)}")
+        if kind == "embedding" and not np.isfinite(arr).all():
+            raise bad(f"{int((~np.isfinite(arr)).any(axis=1).sum())} rows hold NaN or infinite values")
+        want = self.checksums.get(path.name)
+        if want is not None and want != array_checksum(arr):
+            raise bad("its contents changed after the build (the checksum in the manifest does not match)")
+
+    def seal(self, index_dir: Path) -> None:
+        """Record the checksums of the rows and of each array file this manifest names (at build
+        time, just before the manifest is written), for check_array and read to verify on open."""
+        files = [self.pixels_file] + ([self.embedder["file"]] if self.embedder else [])
+        self.checksums = {"items": items_checksum(self.items),
+                          **{f: array_checksum(np.load(Path(index_dir) / f, mmap_mode="r")) for f in files}}
 
     def write(self, index_dir: Path) -> None:
         atomic.write_json(Path(index_dir) / MANIFEST, self.to_json())

@@ -259,5 +259,122 @@ def top_k(scores: np.ndarray, k: int, higher_is_better: bool,
     if k <= 0:
         return np.empty(0, dtype=np.int64)
     part = np.argpartition(key, k - 1)[:k] if k < len(key) else np.arange(len(key))
+    if k < len(key):
+        # Ties at the k-th score: argpartition keeps an arbitrary subset; keep the lowest rows, so
+        # the result is defined (and equal to the pruned L1 search's, see L1Pruner).
+        v = key[part].max()
+        if not np.isnan(v):
+            less = np.flatnonzero(key < v)
+            part = np.concatenate([less, np.flatnonzero(key == v)[:k - len(less)]])
     return part[np.lexsort((part, key[part]))]
 
+
+
+# -- exact L1 top-k with lower bounds (large pixel sizes) ---------------------------------------
+PRUNE_MIN_SIDE = 64          # below this a full pass is a few ms already (32x32: ~2 ms)
+PRUNE_SIDES = (14, 56)       # pooled grids, coarse then fine: 448 px -> 32x32 then 8x8 blocks
+PRUNE_CHUNK = 16             # candidates per step once the k-th best distance is known
+
+
+def _block_sums(images: np.ndarray, factor: int) -> np.ndarray:
+    """(n, s, s, c) uint8 -> (n, ceil(s/f) * ceil(s/f) * c) int32 sums over f x f blocks (the last
+    block of a side is shorter when f does not divide s)."""
+    s = images.shape[1]
+    starts = np.arange(0, s, factor)
+    rows = np.add.reduceat(images, starts, axis=1, dtype=np.int32)
+    return np.add.reduceat(rows, starts, axis=2, dtype=np.int32).reshape(len(images), -1)
+
+
+def _l1_exact_rows(data: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Exact int64 L1 of `q` against data[rows], one row at a time (no copy of the library):
+    |x - q| = max - min in uint8, summed in uint32 (1024*1024*3*255 < 2**32)."""
+    lo, hi = np.empty_like(q), np.empty_like(q)
+    out = np.empty(len(rows), np.int64)
+    for j, r in enumerate(rows):
+        x = data[r]
+        np.minimum(x, q, out=lo)
+        np.maximum(x, q, out=hi)
+        out[j] = int(np.add.reduce(np.subtract(hi, lo, out=hi), dtype=np.uint32))
+    return out
+
+
+class L1Pruner:
+    """Exact top-k by L1 over uint8 image rows, reading few full rows.
+
+    Why it is exact: for any partition of the pixels into blocks, |sum_B x - sum_B q| <= sum_B |x - q|,
+    so the L1 distance between block sums never exceeds the full L1 distance; and a finer partition
+    (that refines a coarser one) gives a bound at least as tight. Rows are visited in order of the
+    coarse bound; a row is read at full resolution only when its coarse and fine bounds are both at
+    most the k-th best exact distance found so far, and the scan stops at the first row whose coarse
+    bound exceeds it. A row skipped this way has exact distance > the final k-th best, so it could not
+    be in the top k, nor tie with it: the result (ties broken by row, as `top_k` does) is the one a
+    full scan gives. The pooled copies (block sums at each PRUNE_SIDES grid, int32) are built once,
+    on first use.
+    """
+
+    def __init__(self, matrix: PreparedMatrix, side: int, channels: int = 3) -> None:
+        if not matrix.pixels or matrix.d != side * side * channels:
+            raise ValueError(f"L1Pruner needs uint8 rows of {side}x{side}x{channels} pixels")
+        self.matrix, self.side, self.channels = matrix, side, channels
+        self.factors = sorted({max(1, side // s) for s in PRUNE_SIDES} - {1}, reverse=True)
+        self._pooled: list[np.ndarray] | None = None
+        self._lock = threading.Lock()
+        self.last_stats: dict[str, int] = {}
+
+    @staticmethod
+    def wanted(side: int) -> bool:
+        return side >= PRUNE_MIN_SIDE
+
+    def _images(self, data: np.ndarray) -> np.ndarray:
+        return data.reshape(len(data), self.side, self.side, self.channels)
+
+    def pooled(self) -> list[np.ndarray]:
+        """Block sums of every row at each factor, coarse first (computed once, in row chunks)."""
+        if self._pooled is None:
+            with self._lock:
+                if self._pooled is None:
+                    m = self.matrix
+                    step = max(1, DEFAULT_CHUNK_BYTES * 4 // max(1, m.d))
+                    parts: list[list[np.ndarray]] = [[] for _ in self.factors]
+                    for s in range(0, m.n, step):
+                        imgs = self._images(m.data[s:s + step])
+                        for level, f in enumerate(self.factors):
+                            parts[level].append(_block_sums(imgs, f))
+                    self._pooled = [np.concatenate(p) if p else np.zeros((0, 0), np.int32) for p in parts]
+        return self._pooled
+
+    def top_k(self, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, float64 L1 scores), best first: the same as top_k over the full scan."""
+        q = np.ascontiguousarray(query.reshape(-1), dtype=np.uint8)
+        pooled = self.pooled()
+        q_pooled = [_block_sums(self._images(q[None]), f)[0] for f in self.factors]
+        coarse = np.abs(pooled[0] - q_pooled[0]).sum(axis=1, dtype=np.int64)
+        allowed = np.ones(self.matrix.n, bool) if exclude is None else ~exclude
+        order = np.flatnonzero(allowed)[np.argsort(coarse[allowed], kind="stable")]
+        k = min(k, len(order))
+        rows: list[np.ndarray] = []
+        dists: list[np.ndarray] = []
+        kth = np.iinfo(np.int64).max
+        pos = bounded = 0
+        while pos < len(order) and coarse[order[pos]] <= kth:
+            step = k if not rows else PRUNE_CHUNK
+            cand = order[pos:pos + step]
+            pos += len(cand)
+            cand = cand[coarse[cand] <= kth]
+            for level in range(1, len(pooled)):
+                if len(cand) and kth < np.iinfo(np.int64).max:
+                    bounded += len(cand)
+                    lb = np.abs(pooled[level][cand] - q_pooled[level]).sum(axis=1, dtype=np.int64)
+                    cand = cand[lb <= kth]
+            if len(cand):
+                rows.append(cand)
+                dists.append(_l1_exact_rows(self.matrix.data, cand, q))
+                all_d = np.concatenate(dists)
+                if len(all_d) >= k:
+                    kth = int(np.partition(all_d, k - 1)[k - 1])
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0)
+        r, d = np.concatenate(rows), np.concatenate(dists)
+        best = np.lexsort((r, d))[:k]
+        self.last_stats = {"rows": self.matrix.n, "visited": pos, "fine_bounds": bounded, "full_rows": len(r)}
+        return r[best], d[best].astype(np.float64)

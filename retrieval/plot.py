@@ -29,3 +29,45 @@ def plot_results(query: Path, hits: Sequence[Hit], method: str, out: Path) -> Pa
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def plot_comparison(query: Path, result, index, out: Path) -> Path:
+    """`plot_results` repeated per method: one row per method (query, then its top k), each hit
+    titled with class and score, its frame green when right and red when wrong (class known)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .compare import score_text
+
+    rows = result.rows
+    cols = max(len(r.hits) for r in rows) + 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.25 * len(rows)), squeeze=False)
+    q = load_image(query)
+    dims = index.manifest.pixel_size ** 2 * 3
+    for ax_row, row in zip(axes, rows):
+        m = index.parse_method(row.method)
+        ax_row[0].imshow(q)
+        stats = "" if row.ap is None else f"\nP@{len(row.hits)} {row.p_at_k:.2f} AP {row.ap:.2f}"
+        ax_row[0].set_title(f"{row.method}{stats}", fontsize=7)
+        for j, ax in enumerate(ax_row[1:]):
+            if j >= len(row.hits):
+                ax.set_visible(False)
+                continue
+            hit = row.hits[j]
+            ax.imshow(load_image(hit.path))
+            ax.set_title(f"#{hit.rank} {hit.label}\n{score_text(m, hit.score, dims)}", fontsize=7)
+            if row.correct is not None:
+                colour = "#1a9850" if row.correct[j] else "#d73027"
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(4)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"query class: {result.label or 'unknown'}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / len(rows)))   # room for the title above the first row
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

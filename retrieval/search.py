@@ -4,6 +4,8 @@ Method names:
   pixel-{l1,l2,cosine,corr}          exact, over the resized pixels
   <emb>-{l1,l2,cosine,corr}          exact, over the stored embeddings (<emb> is "clip" or "effnet")
   <emb>-hnsw-{l2,cosine}             approximate, through Chroma's HNSW index
+  <src>-cosine+{qe,dba,dba+qe}       re-ranked (retrieval.rerank): alpha-query expansion and/or
+                                     database-side augmentation, exact; <emb>-hnsw-cosine+dba+qe via Chroma
 Nothing is rescanned or re-embedded per query: the library side is loaded once, here.
 """
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import IndexError_, LookalikeError, ModelError
-from .images import ImageSource, load_image, resize_pixels
+from .images import QUERY_SIDE, ImageSource, load_image, resize_pixels
 from .manifest import Manifest
-from .metrics import METRICS, PreparedMatrix, get_metric, top_k
+from .metrics import METRICS, L1Pruner, PreparedMatrix, get_metric, top_k
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,16 @@ class Method:
     source: str      # "pixel" or the embedder name
     metric: str
     hnsw: bool
+    dba: bool = False    # re-ranked: library vectors with database-side augmentation
+    qe: bool = False     # re-ranked: alpha-query expansion
 
     @property
     def higher_is_better(self) -> bool:
         return METRICS[self.metric].higher_is_better
+
+    @property
+    def reranked(self) -> bool:
+        return self.dba or self.qe
 
 
 def check_k(k: int) -> int:
@@ -74,8 +82,9 @@ class LookalikeIndex:
     """A built index, opened once; thread-safe for concurrent read-only queries."""
 
     def __init__(self, index_dir: Path, manifest: Manifest, data_dir: Path | None = None,
-                 chroma_url: str | None = None) -> None:
+                 chroma_url: str | None = None, precision: str | None = None) -> None:
         self.index_dir = Path(index_dir)
+        self.precision = precision   # the query model's: None (fp32), "auto", "fp32", "bf16"
         self.manifest = manifest
         self.data_dir = Path(data_dir) if data_dir else manifest.data_path(self.index_dir)
         self._chroma_url = chroma_url
@@ -91,15 +100,22 @@ class LookalikeIndex:
         self.embeddings = PreparedMatrix(self._array(emb["file"])) if emb else None
         self._embedder = None
         self._store = None
+        self._reranker = None
         # The model and the Chroma store load lazily, on first use; concurrent first queries from
         # any front end (the app's worker threads, a script's thread pool) must load them once.
         self._load_lock = threading.RLock()
+        self._warm: threading.Thread | None = None   # warm_up()'s background loader
+        self._l1_pruner: L1Pruner | None = None
+        self._warm_times: dict[str, float] = {}       # started / ready (perf_counter), seconds
+        self._warm_error: str | None = None
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def open(cls, index_dir: Path, *, pixel_size: int | None = None, model: str | None = None,
-             data_dir: Path | None = None, chroma_url: str | None = None) -> "LookalikeIndex":
-        """Open INDEX, refusing one built with another pixel size or model than requested."""
+             data_dir: Path | None = None, chroma_url: str | None = None,
+             precision: str | None = None) -> "LookalikeIndex":
+        """Open INDEX, refusing one built with another pixel size or model than requested.
+        `precision` is the query model's (see retrieval.embedders.precision.query_precision)."""
         index_dir = Path(index_dir)
         manifest = Manifest.read(index_dir)
         if pixel_size is not None and pixel_size != manifest.pixel_size:
@@ -108,7 +124,7 @@ class LookalikeIndex:
                 f"not {pixel_size}x{pixel_size}; rebuild it with "
                 f"python build_index.py index --index {index_dir} --pixel-size {pixel_size}"
             )
-        index = cls(index_dir, manifest, data_dir, chroma_url)
+        index = cls(index_dir, manifest, data_dir, chroma_url, precision)
         if model is not None:
             index.use_model(model)
         return index
@@ -119,10 +135,9 @@ class LookalikeIndex:
             arr = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise IndexError_(f"the index file {path} is missing or unreadable ({exc}); rebuild the index") from None
-        if len(arr) != len(self.manifest.items):
-            raise IndexError_(f"{path} holds {len(arr)} rows but the manifest lists "
-                              f"{len(self.manifest.items)} images; rebuild the index")
-        return np.asarray(arr)
+        arr = np.asarray(arr)
+        self.manifest.check_array(path, arr)   # shape, dtype, finiteness, build-time checksum
+        return arr
 
     def use_model(self, spec: str) -> None:
         """Load the embedder named by `spec` and check that it is the one the index was built with."""
@@ -131,7 +146,9 @@ class LookalikeIndex:
             raise IndexError_(f"the index at {self.index_dir} has no embeddings (pixel-only); "
                               f"rebuild it with --model {spec}")
         from .embedders import load_embedder
-        embedder = load_embedder(spec)
+        from .embedders.precision import query_precision
+        embedder = load_embedder(spec, precision=query_precision(self.precision, built.get("precision")))
+        embedder.release_other_precisions()
         if embedder.spec != built["spec"]:
             raise IndexError_(
                 f"the index at {self.index_dir} was built with model {built['spec']}, "
@@ -169,14 +186,77 @@ class LookalikeIndex:
         Returns (what this call loaded, seconds it took), so front ends report loading apart from
         the query itself. Pixel methods need nothing and return at once."""
         m = self.parse_method(method)
-        if m.source == "pixel":
+        if m.source == "pixel" and not m.reranked:
             return set(), 0.0
         before = self.loaded()
         t0 = time.perf_counter()
-        self.embedder
-        if m.hnsw:
+        if m.source != "pixel":
+            self.embedder
+        if m.hnsw and not m.reranked:
             self.store
+        if m.reranked:   # the library side of re-ranking (and its Chroma collections), once
+            self.reranker.side(m.source)
+            if m.hnsw:
+                self.reranker.store
         return self.loaded() - before, time.perf_counter() - t0
+
+    # -- warming up (the app) ---------------------------------------------------------------
+    def warm_methods(self) -> list[str]:
+        """What a front end warms: the default deep method, and an HNSW one when Chroma is there."""
+        emb = self.manifest.embedder
+        if not emb:
+            return []
+        return [f"{emb['name']}-cosine"] + ([f"{emb['name']}-hnsw-cosine"] if self.manifest.chroma else [])
+
+    def warm_up(self, methods: Sequence[str] | None = None) -> threading.Thread | None:
+        """Start loading what `methods` need (default: warm_methods()) in a background thread and
+        return at once; `loading`, `ready` and `wait_ready` tell the state. Pixel search never
+        waits for it. A failed load is logged and kept in `warm_error`; the next query that needs
+        the model then tries again and reports the error itself."""
+        methods = list(self.warm_methods() if methods is None else methods)
+        if self._warm is not None or not (methods or L1Pruner.wanted(self.manifest.pixel_size)):
+            return self._warm
+        self._warm_times = {"started": time.perf_counter()}
+
+        def load() -> None:
+            try:
+                if self.l1_pruner is not None:   # the pooled copies for pixel-l1 (well under a second)
+                    self.l1_pruner.pooled()
+                for m in methods:
+                    self.prepare(m)
+                if self._embedder is not None:
+                    self._embedder.warm()         # first-call setup, outside any user's query
+            except Exception as exc:   # reported to the UI and the log; never kills the app
+                self._warm_error = f"{type(exc).__name__}: {exc}"
+                log.warning("warming up failed (the first deep query will retry): %s", exc)
+            finally:
+                self._warm_times["seconds"] = time.perf_counter() - self._warm_times["started"]
+
+        self._warm = threading.Thread(target=load, name="lookalike-warm-up", daemon=True)
+        self._warm.start()
+        return self._warm
+
+    @property
+    def loading(self) -> bool:
+        """True while warm_up()'s thread is still loading."""
+        return self._warm is not None and self._warm.is_alive()
+
+    @property
+    def ready(self) -> bool:
+        """Deep queries will not wait for a load: warm-up finished (or never started)."""
+        return not self.loading
+
+    def loading_seconds(self) -> float | None:
+        """Seconds the warm-up has run so far (while loading) or took (when done); None: not started."""
+        if "seconds" in self._warm_times:
+            return self._warm_times["seconds"]
+        return time.perf_counter() - self._warm_times["started"] if self._warm_times else None
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the warm-up; True when it is done."""
+        if self._warm is not None:
+            self._warm.join(timeout)
+        return self.ready
 
     def _open_store(self):
         from .vectorstore import VectorStore
@@ -205,7 +285,38 @@ class LookalikeIndex:
             names += [f"{e}-{m}" for m in METRICS]
             if self.manifest.chroma:
                 names += [f"{e}-hnsw-{s}" for s in HNSW_SPACES]
+        return names + self._reranked_methods()
+
+    # -- re-ranked methods (retrieval.rerank) --------------------------------------------------
+    @property
+    def reranker(self):
+        """The re-ranked methods' state (library sides, DBA collections), created on first use."""
+        if self._reranker is None:
+            with self._load_lock:
+                if self._reranker is None:
+                    from .rerank import Reranker
+                    self._reranker = Reranker(self)
+        return self._reranker
+
+    def _reranked_methods(self) -> list[str]:
+        from .rerank import method_names
+        record = (self.manifest.rerank or {}).get("sources") or {}
+        names = []
+        for source in self.sources():
+            if source in record:
+                names += method_names(source, record[source].get("metric", "cosine"))
+        emb = self.manifest.embedder
+        if emb and emb["name"] in record and self.manifest.chroma and self.manifest.rerank.get("chroma_prefix"):
+            names += method_names(emb["name"], record[emb["name"]].get("metric", "cosine"), hnsw=True)
         return names
+
+    def sources(self) -> list[str]:
+        """The vector sources: "pixel", and the embedder's name when the index has embeddings."""
+        return ["pixel"] + ([self.manifest.embedder["name"]] if self.manifest.embedder else [])
+
+    def rerank_settings(self, source: str):
+        """k, alpha and the space of a source's re-ranked methods, as recorded in the manifest."""
+        return self.reranker.settings(source)
 
     @property
     def has_text(self) -> bool:
@@ -214,11 +325,13 @@ class LookalikeIndex:
     def parse_method(self, name: str) -> Method:
         if name not in self.methods:
             raise LookalikeError(f"unknown method {name!r} for this index; choose one of {', '.join(self.methods)}")
-        source, _, rest = name.partition("-")
+        from .rerank import split_name
+        base, dba, qe = split_name(name)
+        source, _, rest = base.partition("-")
         hnsw = rest.startswith("hnsw-")
         metric = rest[5:] if hnsw else rest
         get_metric(metric)
-        return Method(name, source, metric, hnsw)
+        return Method(name, source, metric, hnsw, dba, qe)
 
     # -- queries ---------------------------------------------------------------------------
     def query_vectors(self, images: Sequence[Any], source: str) -> np.ndarray:
@@ -232,8 +345,13 @@ class LookalikeIndex:
              exclude: Sequence[set[int]] | None = None) -> list[list[tuple[int, float]]]:
         """Top-k (row, score) per query vector; `exclude` holds rows to leave out per query."""
         exclude = exclude or [set() for _ in range(len(vectors))]
+        if method.reranked:
+            return self.reranker.rank(vectors, method, k, exclude)
         if method.hnsw:
             return self._rank_hnsw(vectors, method, k, exclude)
+        if method.source == "pixel" and method.metric == "l1" and self.l1_pruner is not None \
+                and np.asarray(vectors).dtype == np.uint8:   # exact, reads few full rows (metrics.L1Pruner)
+            return [self._rank_pruned(v, k, skip) for v, skip in zip(vectors, exclude)]
         matrix = self.pixels if method.source == "pixel" else self.embeddings
         scores = matrix.scores(vectors, method.metric).reshape(len(vectors), -1)
         out = []
@@ -245,6 +363,23 @@ class LookalikeIndex:
             idx = top_k(row_scores, k, method.higher_is_better, mask)
             out.append([(int(i), float(row_scores[i])) for i in idx])
         return out
+
+    @property
+    def l1_pruner(self) -> L1Pruner | None:
+        """pixel-l1's lower-bound pruning at large pixel sizes (None below PRUNE_MIN_SIDE)."""
+        if self._l1_pruner is None and L1Pruner.wanted(self.manifest.pixel_size):
+            with self._load_lock:
+                if self._l1_pruner is None:
+                    self._l1_pruner = L1Pruner(self.pixels, self.manifest.pixel_size)
+        return self._l1_pruner
+
+    def _rank_pruned(self, vector: np.ndarray, k: int, skip: set[int]) -> list[tuple[int, float]]:
+        mask = None
+        if skip:
+            mask = np.zeros(len(self.rels), dtype=bool)
+            mask[list(skip)] = True
+        rows, scores = self.l1_pruner.top_k(vector, k, mask)
+        return [(int(i), float(s)) for i, s in zip(rows, scores)]
 
     def _rank_hnsw(self, vectors: np.ndarray, method: Method, k: int,
                    exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
@@ -278,7 +413,7 @@ class LookalikeIndex:
         k = check_k(k)
         m = self.parse_method(method)
         t0 = time.perf_counter()
-        image = load_image(query, name=name)
+        image = load_image(query, name=name, reduce_to=QUERY_SIDE)   # no bigger than any method needs
         vec = self.query_vectors([image], m.source)
         skip = [self.self_rows(query) if exclude_self else set()]
         hits = self._hits(self.rank(vec, m, k, skip)[0])
@@ -302,4 +437,43 @@ class LookalikeIndex:
         t0 = time.perf_counter()
         vec = self.embedder.encode_text([text])
         hits = self._hits(self.rank(vec, m, k)[0])
+        return hits, time.perf_counter() - t0
+
+    def search_composed(self, terms: Sequence[Any], method: str | None = None, k: int = 5,
+                        exclude_self: bool = True) -> tuple[list[Hit], float]:
+        """Rank for a composed query (retrieval.compose.Term: weighted text and image terms, minus
+        terms negative): one model call for the texts, one for the images, then one ranking.
+        Images that are themselves in the library are left out of the results (positive terms)."""
+        from .compose import check_terms, combine
+        k = check_k(k)
+        check_terms(terms)
+        if not self.manifest.embedder:
+            raise IndexError_("composed queries combine embeddings; this index holds pixels only: rebuild it "
+                              "with --model (CLIP for text terms)")
+        texts = [t for t in terms if t.is_text]
+        if texts and not self.has_text:
+            raise ModelError(f"this model ({self.manifest.embedder['spec']}) has no text encoder, so a composed "
+                             "query cannot use text terms; use image terms only, or build a CLIP index "
+                             "(--model ViT-B-32:laion2b_s34b_b79k or a local CLIP checkpoint)")
+        for t in texts:
+            if not t.text.strip() or len(t.text) > MAX_TEXT_CHARS:
+                raise LookalikeError(f"each text term must be 1 to {MAX_TEXT_CHARS} characters, got {len(t.text)}")
+        m = self.parse_method(method or f"{self.manifest.embedder['name']}-cosine")
+        if m.source == "pixel":
+            raise LookalikeError("composed queries combine embeddings; choose an embedding method, not a pixel one")
+        t0 = time.perf_counter()
+        images = [t for t in terms if not t.is_text]
+        decoded = [load_image(t.image, name=t.name or None) for t in images]
+        parts = []
+        if texts:
+            parts.append(self.embedder.encode_text([t.text for t in texts]))
+        if images:
+            parts.append(self.embedder.encode_images(decoded))
+        vec = combine(np.concatenate(parts), [t.weight for t in texts] + [t.weight for t in images])
+        skip: set[int] = set()
+        if exclude_self:
+            for t in images:
+                if t.weight > 0:
+                    skip |= self.self_rows(t.image)
+        hits = self._hits(self.rank(vec, m, k, [skip])[0])
         return hits, time.perf_counter() - t0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
@@ -25,7 +26,31 @@ SPACES = ("l2", "cosine")
 # ef_search=100) 0.90; M=16 with ef 200/200 0.985; these 0.9995, for ~2x the build time (2.7 s vs
 # 1.3 s for both spaces) - tests/test_vectorstore.py holds the >= 0.99 line. ef_search can be
 # raised later with collection.modify; the others are fixed when a collection is created.
+# At 100k embedding-like vectors (bench/hnsw_settings.py): M=32/ef_c=200 reaches recall@10 0.974 at
+# ef_search 200 for 248 CPU-s of build; M=16/100 needs ef 400 (112 CPU-s); M=48/300 ef 100 (390 CPU-s).
 HNSW = {"max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
+# ef_search grows with the collection: a graph search must look wider to keep its recall as the
+# graph grows (bench/hnsw_settings.py measures the ef each size needs; docs/deep-search.md).
+EF_SEARCH_MIN, EF_SEARCH_MAX, EF_SEARCH_AT_100K, EF_SEARCH_EXPONENT = 100, 1000, 200, 0.6
+
+
+def ef_search_for(n: int) -> int:
+    """ef_search for a collection of n vectors: EF_SEARCH_AT_100K at 100,000, growing as
+    n**EF_SEARCH_EXPONENT, within [EF_SEARCH_MIN, EF_SEARCH_MAX], rounded to tens."""
+    ef = EF_SEARCH_AT_100K * (max(int(n), 1) / 100_000) ** EF_SEARCH_EXPONENT
+    return int(min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, round(ef / 10) * 10)))
+
+
+REBUILD = "rerun `python build_index.py index` to rebuild the index"
+# Lines of Rust's own panic report, which chromadb's bindings can put into an error's text.
+_RUST_NOISE = re.compile(r"panicked at|RUST_BACKTRACE|^\s*thread '|^\s*stack backtrace|^\s*\d+: ")
+_DAMAGED = ("malformed", "not a database", "code: 26", "code: 11", "corrupt", "no such table")
+
+
+def _clean(exc: BaseException) -> str:
+    """An error's text on one line, without Rust panic lines (what users see)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not _RUST_NOISE.search(ln)]
+    return (" ".join(lines) or type(exc).__name__)[:300]
 
 
 def _settings():
@@ -41,15 +66,18 @@ def _translate(where: str) -> Iterator[None]:
         yield
     except IndexError_:
         raise
-    except chromadb.errors.ChromaError as exc:
-        raise IndexError_(f"Chroma ({where}): {exc}") from exc
-    except (OSError, ValueError) as exc:
-        raise IndexError_(f"Chroma ({where}): {exc}") from exc
+    except (chromadb.errors.ChromaError, OSError, ValueError) as exc:
+        raise IndexError_(f"Chroma ({where}): {_clean(exc)}; {REBUILD}") from exc
     except Exception as exc:  # httpx transport errors when a server goes away mid-run
         if type(exc).__module__.startswith(("httpx", "httpcore")):
-            raise IndexError_(f"the Chroma server ({where}) stopped answering: {exc}; is `chroma run` "
+            raise IndexError_(f"the Chroma server ({where}) stopped answering: {_clean(exc)}; is `chroma run` "
                               "still up?") from exc
         raise
+    except BaseException as exc:   # pyo3's PanicException (a Rust panic) derives from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise IndexError_(f"Chroma ({where}) failed inside its Rust core ({_clean(exc)}); the collections "
+                          f"may be damaged: {REBUILD}") from None
 
 
 class VectorStore:
@@ -84,11 +112,16 @@ class VectorStore:
         try:
             path.mkdir(parents=True, exist_ok=True)
             client = chromadb.PersistentClient(path=str(path), settings=_settings())
-        except Exception as exc:
+        except BaseException as exc:   # pyo3's PanicException too
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
             text = str(exc).lower()
             io = isinstance(exc, OSError) or "os error" in text
             if "disk is full" in text:
                 hint = "the disk is full: free some space and try again"
+            elif any(word in text for word in _DAMAGED):
+                hint = (f"the Chroma database is damaged: delete the folder {path.name}/ in the index folder "
+                        f"and {REBUILD} (the exact methods do not need it)")
             elif "readonly" in text or "read-only" in text:
                 hint = ("Chroma writes to its folder even to read it: make the index folder writable, "
                         "or copy the index to a writable disk")
@@ -96,7 +129,7 @@ class VectorStore:
                 hint = "give a writable directory (not a file) for the index"
             else:
                 hint = "close other Chroma clients on this path (one writer process per path)"
-            raise IndexError_(f"cannot open a Chroma database at {path}: {exc}; {hint}") from exc
+            raise IndexError_(f"cannot open a Chroma database at {path}: {_clean(exc)}; {hint}") from None
         return cls(client, prefix, str(path))
 
     def _name(self, space: str) -> str:
@@ -143,6 +176,20 @@ class VectorStore:
                 with contextlib.suppress(Exception):
                     self.client.delete_collection(self._name(space))
             self.collections = {space: self._collection(space) for space in SPACES}
+
+    def set_ef_search(self, ef: int) -> None:
+        """Set ef_search in every space (stored with the collection; the build sets it from
+        ef_search_for(count)). A client that already loaded the index keeps its old ef until reopened."""
+        with _translate(self.where):
+            for col in self.collections.values():
+                col.modify(configuration={"hnsw": {"ef_search": int(ef)}})
+
+    def hnsw_settings(self) -> dict[str, int]:
+        """The HNSW build and query settings the collections hold (max_neighbors, ef_construction, ef_search)."""
+        with _translate(self.where):
+            col = next(iter(self.collections.values()))
+            held = (col.configuration or {}).get("hnsw") or {}
+        return {k: int(held.get(k, HNSW[k])) for k in HNSW}
 
     # -- reads -------------------------------------------------------------------------------
     def count(self) -> dict[str, int]:

@@ -249,12 +249,50 @@ ACCEPTED = tuple(c for c in CASES if c.accepted)
 REJECTED = tuple(c for c in CASES if not c.accepted)
 
 
-def write_corpus(folder: Path) -> dict[str, Path]:
-    """Write every case into `folder`; returns {case name: path}."""
+# -- round 2: files that are cheap to send and used to be expensive to take (issue 14) ---------------
+# Every one is a valid image; the outcome they must get is "answered within the memory budget"
+# (tests/test_hardening.py, bench/hostile_memory.py), not a refusal.
+
+def wide_jpeg() -> bytes:
+    """65000x3 JPEG (about 150 kB): a model's resize used to scale its short side to 256 (5.5 Gpx)."""
+    row = np.linspace(0, 255, 65000).astype(np.uint8)
+    return _encode(Image.fromarray(np.stack([np.stack([row, 255 - row, row], -1)] * 3)), "JPEG", quality=90)
+
+
+def tall_jpeg() -> bytes:
+    """3x65000: the same, standing up."""
+    return _encode(Image.open(io.BytesIO(wide_jpeg())).transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90)
+
+
+def line_png() -> bytes:
+    """1,000,000x1 PNG (a few kB): asked for a 256,000,000x256 resize and ended in MemoryError."""
+    return _encode(Image.fromarray((np.arange(1_000_000) % 256).astype(np.uint8)[None, :], "L"), "PNG")
+
+
+def deep_png() -> bytes:
+    """8000x8000 16-bit greyscale PNG (64 Mpx, about 140 kB): a smooth ramp, so it compresses.
+    Its decode used four float64 copies of the image (1.6 GB per request)."""
+    ramp = np.linspace(0, 65535, 8000).astype(np.uint16)
+    return _encode(Image.fromarray(np.tile(ramp, (8000, 1))), "PNG")
+
+
+ROUND2: tuple[Case, ...] = (
+    Case("wide-65000x3.jpg", "65000x3 JPEG", wide_jpeg, True, check=_check((65000, 3))),
+    Case("tall-3x65000.jpg", "3x65000 JPEG", tall_jpeg, True, check=_check((3, 65000))),
+    Case("line-1000000x1.png", "1,000,000x1 PNG", line_png, True, check=_check((1_000_000, 1)),
+         content_type="image/png"),
+    Case("deep-16bit-8000x8000.png", "64 Mpx 16-bit greyscale PNG", deep_png, True,
+         check=_check((8000, 8000), left=((0.0, 0.5), (0, 0, 0)), right=((0.999, 0.5), (255, 255, 255))),
+         content_type="image/png"),
+)
+
+
+def write_corpus(folder: Path, cases: tuple[Case, ...] = CASES) -> dict[str, Path]:
+    """Write every case (the first round's, unless told) into `folder`; returns {case name: path}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for case in CASES:
+    for case in cases:
         (folder / case.name).write_bytes(case.make())
         out[case.name] = folder / case.name
     return out
@@ -264,8 +302,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    paths = write_corpus(Path(argv[0]))
-    for case in CASES:
+    paths = write_corpus(Path(argv[0]), CASES + ROUND2)
+    for case in CASES + ROUND2:
         verdict = "accepted" if case.accepted else f"rejected ({case.message})"
         print(f"{case.name}\t{paths[case.name].stat().st_size} B\t{verdict}\t{case.what}")
     return 0

@@ -22,6 +22,12 @@ Routes (all GET):
 - ``/redirect-ftp.jpg``      302 to ``ftp://127.0.0.1/x.jpg``
 - ``/redirect-ok.jpg``       302 (relative) to ``/img/redirected.jpg``
 - ``/redirect-loop.jpg``     302 to itself
+- ``/drip-body.jpg``         headers at once, then one body byte every `drip_s` seconds (under any
+                             read timeout), for at most `drip_for_s`
+- ``/drip-headers.jpg``      the status line, then one header byte every `drip_s` seconds
+- ``/bad-encoding.jpg``      ``Content-Encoding: gzip`` on bytes that are not gzip
+- ``/long-encoding.jpg``     ``Content-Encoding: gzip, gzip, ...`` (40 codings, over urllib3's 5)
+- ``/long-header.jpg``       a ``Content-Encoding`` header line of 100 kB (over http.client's 64 kB)
 - any path whose percent-decoded basename ends in ``evil.jpg``: a JPEG (the path-escape case)
 """
 from __future__ import annotations
@@ -56,8 +62,11 @@ def _png(seed: str) -> bytes:
 class FaultServer:
     """See the module docstring. Use as ``with FaultServer() as srv: srv.url('/404.jpg')``."""
 
-    def __init__(self, host: str = "127.0.0.1", *, slow_s: float = 3.0, huge_bytes: int = 64 * 2 ** 20) -> None:
+    def __init__(self, host: str = "127.0.0.1", *, slow_s: float = 3.0, huge_bytes: int = 64 * 2 ** 20,
+                 drip_s: float = 0.5, drip_for_s: float = 120.0) -> None:
         self.host, self.slow_s, self.huge_bytes = host, slow_s, huge_bytes
+        self.drip_s, self.drip_for_s = drip_s, drip_for_s
+        self.drip_stopped: dict[str, float] = {}   # route -> seconds it dripped before the client hung up
         self.huge_sent: int | None = None
         self.log: list[Hit] = []
         self._lock = threading.Lock()
@@ -80,6 +89,12 @@ class FaultServer:
             "/redirect-ftp.jpg": Reply(302, b"", "text/plain", {"Location": f"ftp://{host}/x.jpg"}),
             "/redirect-ok.jpg": Reply(302, b"", "text/plain", {"Location": "/img/redirected.jpg"}),
             "/redirect-loop.jpg": Reply(302, b"", "text/plain", {"Location": "/redirect-loop.jpg"}),
+            "/drip-body.jpg": self._drip_body,
+            "/drip-headers.jpg": self._drip_headers,
+            "/bad-encoding.jpg": Reply(200, make_jpeg("bad-encoding"), headers={"Content-Encoding": "gzip"}),
+            "/long-encoding.jpg": Reply(200, make_jpeg("long-encoding"),
+                                        headers={"Content-Encoding": ", ".join(["gzip"] * 40)}),
+            "/long-header.jpg": Reply(200, make_jpeg("long-header"), headers={"Content-Encoding": "x" * 100_000}),
         }
 
     # ---- lifecycle
@@ -166,3 +181,36 @@ class FaultServer:
         except (BrokenPipeError, ConnectionResetError):
             pass
         req.close_connection = True
+
+    def _drip(self, req: BaseHTTPRequestHandler, route: str, data: bytes) -> None:
+        """Write `data` one byte every drip_s until it is sent, the client hangs up or drip_for_s passes."""
+        start = time.monotonic()
+        try:
+            for i in range(len(data)):
+                if time.monotonic() - start > self.drip_for_s:
+                    break
+                req.wfile.write(data[i:i + 1])
+                req.wfile.flush()
+                time.sleep(self.drip_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with self._lock:
+                self.drip_stopped[route] = time.monotonic() - start
+            req.close_connection = True
+
+    def _drip_body(self, req: BaseHTTPRequestHandler) -> None:
+        body = make_jpeg("drip-body")
+        req.send_response(200)
+        req.send_header("Content-Type", "image/jpeg")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.flush()
+        self._drip(req, "/drip-body.jpg", body)
+
+    def _drip_headers(self, req: BaseHTTPRequestHandler) -> None:
+        body = make_jpeg("drip-headers")
+        req.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        headers = (b"Content-Type: image/jpeg\r\nX-Filler: " + b"z" * 4000 + b"\r\n"
+                   + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        self._drip(req, "/drip-headers.jpg", headers + body)

@@ -62,7 +62,7 @@ def _ok(app, path: Path, k: int = 5):
 # -- endpoints and results ----------------------------------------------------------------------
 
 def test_endpoints_and_tabs(app):
-    assert _endpoints(app.client) == {"/search_pixel", "/search_deep"}
+    assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/compare", "/model_status"}
     config = requests.get(app.url + "config", timeout=10).text
     assert "has no text encoder" in config           # the Text tab explains why it is absent
     assert "effnet-corr" in config and "wins with mAP" in config   # the evaluation table and winner
@@ -232,7 +232,8 @@ def clip_index(tmp_path_factory) -> Path:
 def test_text_search_endpoint_with_a_clip_index(clip_index):
     demo, app = launch(clip_index)
     try:
-        assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/search_text"}
+        assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/search_text", "/search_composed",
+                                          "/model_status", "/compare"}
         gallery, status, exact = app.client.predict("a red square", "clip-cosine", 4, api_name="/search_text")
         scores = [r["score"] for r in exact]
         assert len(gallery) == 4 and scores == sorted(scores, reverse=True) and "clip-cosine" in status
@@ -248,8 +249,9 @@ def test_text_search_endpoint_with_a_clip_index(clip_index):
 
 def test_pixel_only_index_explains_the_missing_tabs(sample_pixel_index):
     demo = build_demo(LookalikeIndex.open(sample_pixel_index))
-    names = {fn.api_name for fn in demo.fns.values() if fn.api_name and not fn.api_name.startswith("load_example")}
-    assert names == {"search_pixel"}
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_name and not fn.api_name.startswith("load_example")
+             and getattr(fn, "api_visibility", "public") == "public"}
+    assert {"search_pixel", "compare"} <= names and not names & {"search_deep", "search_text"}
     text = json.dumps(demo.get_config_file())
     assert "pixels only, so there is no deep search" in text and "--model effnet" in text
     assert "has no text encoder" in text

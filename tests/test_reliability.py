@@ -327,7 +327,10 @@ def test_index_build_killed_at_random_points_opens_consistently_or_is_repaired(t
     for _ in range(KILLS):
         killed_run()
     complete_run(tmp_path / "ref2")
-    live = {Manifest.read(index).pixels_file, Manifest.read(index).embedder["file"]}
+    from retrieval.rerank import record_files
+    final = Manifest.read(index)
+    live = {final.pixels_file, final.embedder["file"], *record_files(final.rerank)}
+    assert len(live) == 4                                            # pixels, embeddings, two DBA arrays
     assert not [p.name for p in index.iterdir() if p.name.startswith(".") or (p.suffix == ".npy" and p.name not in live)]
     with capsys.disabled():
         print(f"\n[reliability] SIGKILL seed {KILL_SEED} (LOOKALIKE_KILL_SEED): (kill after, run, state) {states}")

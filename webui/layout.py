@@ -11,11 +11,14 @@ import gradio as gr
 from retrieval.metrics import METRICS
 from retrieval.search import MAX_K, MAX_TEXT_CHARS, LookalikeIndex
 
-from .handlers import DEFAULT_K, Outputs, Searcher, deep_methods, method_label, user_errors
-from .texts import about_markdown, evaluation_markdown, shown_path, test_examples
+from .handlers import DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, Searcher, deep_methods, method_label, user_errors
+from .compare import compare_tab, evaluation_figures, model_title
+from retrieval.library import inside_root
+
+from .texts import about_markdown, evaluation_markdown, library_examples, shown_path, test_examples
 
 EXAMPLES_PER_PAGE = 15
-MAX_UPLOAD = "32mb"          # the upload route refuses more; load_image refuses > 64 Mpx after that
+MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"   # the upload route refuses more (data: URLs: handlers); load_image refuses > 64 Mpx
 CONCURRENCY = 2              # the Spaces CPU Basic tier has 2 vCPU
 PIXEL_CONCURRENCY = 4        # pixel queries are a few ms of numpy; let more of them overlap
 QUEUE_SIZE = 64
@@ -30,11 +33,11 @@ def _results(tab: str) -> tuple[gr.Gallery, gr.Markdown, gr.JSON]:
     return gallery, status, rows
 
 
-def _image_input(examples: list[str], elem_id: str) -> gr.Image:
+def _image_input(examples: list[str], elem_id: str, examples_label: str = "Test-split images") -> gr.Image:
     image = gr.Image(label="Query image", type="filepath", sources=IMAGE_SOURCES, image_mode=None,
                      height=280, elem_id=elem_id)
     if examples:
-        gr.Examples(examples, inputs=image, label="Test-split images (click one, then Search)",
+        gr.Examples(examples, inputs=image, label=f"{examples_label} (click one, then Search)",
                     examples_per_page=EXAMPLES_PER_PAGE, cache_examples=False)
     return image
 
@@ -44,11 +47,12 @@ def _k_slider(elem_id: str) -> gr.Slider:
 
 
 def _image_search_tab(tab: str, examples: list[str], fn: Callable[..., Outputs], api_name: str,
-                      selector: Callable[[], gr.components.Component], **event: Any) -> None:
+                      selector: Callable[[], gr.components.Component], *,
+                      examples_label: str = "Test-split images", **event: Any) -> gr.Image:
     """Query image and examples | method selector, k, Search; then the results. One endpoint."""
     with gr.Row():
         with gr.Column(scale=2):
-            image = _image_input(examples, f"{tab}-image")
+            image = _image_input(examples, f"{tab}-image", examples_label)
         with gr.Column(scale=1):
             choice = selector()
             k = _k_slider(f"{tab}-k")
@@ -57,6 +61,47 @@ def _image_search_tab(tab: str, examples: list[str], fn: Callable[..., Outputs],
     # preprocess=False: the handler gets the uploaded file itself (Gradio has checked it is an
     # upload), so load_image decodes it once and its errors reach the user as they are.
     button.click(user_errors(fn), [image, choice, k], list(outputs), api_name=api_name, preprocess=False, **event)
+    return image
+
+
+def _composed_section(index: LookalikeIndex, searcher: Searcher, deep: list[str]) -> None:
+    """Text and an image together, weighted terms and minus terms: one endpoint, /search_composed."""
+    with gr.Accordion("Composed query: text + image, weights, minus terms", open=False):
+        gr.Markdown("One term per line; `2:red car` counts twice as much as `red car`. The image (optional) "
+                    "joins in with its own weight; minus terms push results away (like rclip's `--add` / "
+                    "`--subtract`).")
+        with gr.Row():
+            terms = gr.Textbox(label="Terms (one per line)", placeholder="2:red car\nsunny street", lines=3,
+                               elem_id="composed-terms")
+            minus = gr.Textbox(label="Minus terms (one per line)", placeholder="night", lines=3,
+                               elem_id="composed-minus")
+        with gr.Row():
+            image = gr.Image(label="Image term (optional)", type="filepath", sources=IMAGE_SOURCES,
+                             image_mode=None, height=200, elem_id="composed-image")
+            with gr.Column():
+                weight = gr.Slider(0, 5, value=1, step=0.1, label="Image weight", elem_id="composed-weight")
+                method = gr.Dropdown([(method_label(index, x), x) for x in deep],
+                                     value=f"{index.manifest.embedder['name']}-cosine", label="Method")
+                k = _k_slider("composed-k")
+                button = gr.Button("Search", variant="primary", elem_id="composed-search")
+        outputs = _results("composed")
+        button.click(user_errors(searcher.composed), [terms, image, weight, minus, method, k], list(outputs),
+                     api_name="search_composed", preprocess=False)
+
+
+def _model_status(searcher: Searcher, demo: gr.Blocks) -> None:
+    """A line that says "loading the model…" while the app's warm-up runs, polled once a second
+    until it is done (each page load reads the state afresh). /model_status answers the same."""
+    if not searcher.index.manifest.embedder:
+        return
+    status = gr.Markdown(searcher.model_status(), elem_id="model-status")
+    timer = gr.Timer(1.0, active=searcher.index.loading)
+
+    def tick() -> tuple[str, gr.Timer]:
+        return searcher.model_status(), gr.Timer(active=searcher.index.loading)
+
+    timer.tick(tick, None, [status, timer], api_name="model_status", concurrency_limit=None, show_progress="hidden")
+    demo.load(tick, None, [status, timer], api_visibility="private", concurrency_limit=None, show_progress="hidden")
 
 
 def build_demo(index: LookalikeIndex) -> gr.Blocks:
@@ -64,24 +109,31 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
     embeddings), /search_text (indexes whose model has a text encoder)."""
     searcher = Searcher(index)
     examples, test_counts = test_examples(index.data_dir)
+    examples_label = "Test-split images"
+    if not examples:   # a library without test/ (e.g. a photo folder): a few of its own images
+        examples, examples_label = library_examples(index), "Library images"
+    examples = [e for e in examples if inside_root(e, index.data_dir)]   # never a link out of the library
     deep = deep_methods(index)
     with gr.Blocks(title="Lookalike: image search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Lookalike\nFind the library images that look most like yours: by raw pixels, "
                     "by deep features, or (with a CLIP index) by a text description.")
+        _model_status(searcher, demo)
         with gr.Tab("Pixel metrics"):
-            _image_search_tab("pixel", examples, searcher.pixel, "search_pixel", lambda: gr.Radio(
+            query_images = [_image_search_tab("pixel", examples, searcher.pixel, "search_pixel", examples_label=examples_label,
+                              selector=lambda: gr.Radio(
                 [(f"{n.upper() if len(n) == 2 else n} — {m.formula} ({m.order})", n) for n, m in METRICS.items()],
                 value="l1", label="Metric", elem_id="pixel-metric",
                 info="L1 and L2 are distances (results sorted smallest first); "
                      "cosine and correlation are similarities (largest first)."),
-                concurrency_limit=PIXEL_CONCURRENCY)
-        with gr.Tab("CLIP / deep features"):
+                concurrency_limit=PIXEL_CONCURRENCY)]
+        with gr.Tab(model_title(index)):
             if deep:
-                _image_search_tab("deep", examples, searcher.deep, "search_deep", lambda: gr.Dropdown(
+                query_images += [_image_search_tab("deep", examples, searcher.deep, "search_deep", examples_label=examples_label,
+                                  selector=lambda: gr.Dropdown(
                     [(method_label(index, x), x) for x in deep], value=f"{index.manifest.embedder['name']}-cosine",
                     label="Method", elem_id="deep-method",
                     info="Exact metrics scan every stored vector; HNSW asks Chroma's approximate graph index "
-                         "(what scales to millions)."))
+                         "(what scales to millions)."))]
             else:
                 gr.Markdown("This index holds pixels only, so there is no deep search. Rebuild it with a model: "
                             f"`python build_index.py index --data {shown_path(index.data_dir)} --index {shown_path(index.index_dir)} --model effnet`.")
@@ -97,6 +149,7 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
                 t_out = _results("text")
                 gr.on([t_button.click, prompt.submit], user_errors(searcher.text), [prompt, t_method, t_k], list(t_out),
                       api_name="search_text")
+                _composed_section(index, searcher, deep)
             else:
                 spec = (index.manifest.embedder or {}).get("spec", "pixels only")
                 gr.Markdown(f"Text search needs a model with a text encoder (CLIP), which maps words and pictures "
@@ -104,8 +157,11 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
                             "encoder, so there is nothing to compare a sentence with. Rebuild with a CLIP model, e.g. "
                             f"`python build_index.py index --data {shown_path(index.data_dir)} --index {shown_path(index.index_dir)} "
                             "--model ViT-B-32:laion2b_s34b_b79k` (online) or `--model ViT-B-32:/path/to/checkpoint.pt`.")
+        with gr.Tab("Compare"):   # one query through every method (webui/compare.py)
+            compare_tab(index, examples, examples_label, query_images)
         with gr.Tab("Evaluation"):
             gr.Markdown(evaluation_markdown(index))
+            evaluation_figures(index)
         with gr.Tab("About"):
             gr.Markdown(about_markdown(index, test_counts))
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
@@ -114,8 +170,9 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
 
 def launch_options(index: LookalikeIndex) -> dict[str, Any]:
     """launch() settings: serve only the library and the index folders; cap upload size."""
+    from .limits import body_limit   # JSON bodies (data: URLs) are capped before they are queued
     return {"allowed_paths": [str(index.data_dir.resolve()), str(index.index_dir.resolve())],
-            "max_file_size": MAX_UPLOAD}
+            "max_file_size": MAX_UPLOAD, "app_kwargs": {"middleware": body_limit()}}
 
 
 def serve(index: LookalikeIndex, host: str = "127.0.0.1", port: int | None = None) -> tuple[gr.Blocks, str]:

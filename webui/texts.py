@@ -14,7 +14,7 @@ from typing import Any
 
 from retrieval.attribution import read_attribution
 from retrieval.errors import LibraryError
-from retrieval.library import scan_split
+from retrieval.library import evaluation_skip_reason, scan_split
 from retrieval.paths import ATTRIBUTION, ATTRIBUTION_MD, EVALUATION, PROJECT_ROOT
 from retrieval.search import LookalikeIndex
 
@@ -31,10 +31,41 @@ METRIC_WHY = {
 
 
 def read_evaluation(index_dir: Path) -> dict[str, Any] | None:
+    """The index's evaluation report, or None when there is none or it is malformed (a hand edit,
+    a Hub pull): the tab then says so (evaluation_problem) and the app starts all the same."""
     try:
-        return json.loads((Path(index_dir) / EVALUATION).read_text("utf-8"))
+        report = json.loads((Path(index_dir) / EVALUATION).read_text("utf-8"))
     except (OSError, ValueError):
         return None
+    return None if evaluation_problem(report) else report
+
+
+def evaluation_problem(report: Any) -> str | None:
+    """What makes a parsed evaluation.json unusable, or None: the fields the tab reads."""
+    def scores(methods: Any, where: str) -> str | None:
+        if not isinstance(methods, dict):
+            return f"{where}methods is a JSON {type(methods).__name__}, not an object"
+        for name, v in methods.items():
+            if not isinstance(v, dict) or not all(isinstance(v.get(k), (int, float)) for k in ("map", "p@5")):
+                return f"{where}method {name!r} lacks numeric map and p@5 scores"
+        return None
+    if not isinstance(report, dict):
+        return f"it holds a JSON {type(report).__name__}, not an object"
+    chance = report.get("chance")
+    if not isinstance(chance, dict) or not isinstance(chance.get("map"), (int, float)):
+        return "it has no numeric chance.map"
+    problem = scores(report.get("methods", {}), "")
+    kfold = report.get("kfold")
+    if problem is None and kfold is not None:
+        problem = "kfold is not an object" if not isinstance(kfold, dict) else \
+            (scores(kfold.get("methods", {}), "kfold.") if kfold.get("methods") else None)
+    return problem
+
+
+def _malformed_note(index_dir: Path, why: str) -> str:
+    return (f"_Note: `{EVALUATION}` in the index folder is malformed ({why}), so no scores are shown. "
+            f"Rewrite it with `python -m retrieval evaluate --index {shown_path(index_dir)} --save`. "
+            "Search works all the same._")
 
 
 def explain_winner(report: dict[str, Any]) -> str:
@@ -72,16 +103,57 @@ def explain_winner(report: dict[str, Any]) -> str:
 
 
 def evaluation_markdown(index: LookalikeIndex) -> str:
+    """The Evaluation tab; a malformed evaluation.json gives a note there, never a failed start."""
+    path = Path(index.index_dir) / EVALUATION
+    try:
+        raw = json.loads(path.read_text("utf-8")) if path.is_file() else None
+    except (OSError, ValueError) as exc:
+        return _malformed_note(index.index_dir, f"not readable JSON: {type(exc).__name__}")
+    problem = evaluation_problem(raw) if raw is not None else None
+    if problem:
+        return _malformed_note(index.index_dir, problem)
+    try:
+        return _evaluation_markdown(index)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
+        log.warning("malformed %s: %r", path, exc)
+        return _malformed_note(index.index_dir, f"{type(exc).__name__}: {exc}")
+
+
+def _evaluation_markdown(index: LookalikeIndex) -> str:
     from retrieval.evaluate import format_table
     report = read_evaluation(index.index_dir)
+    skip = evaluation_skip_reason(index.manifest.labels, index.rels, index.data_dir)
+    if report is None and skip:
+        head, _, why = skip.partition(": ")
+        why = why.replace("<", "&lt;").replace(">", "&gt;")
+        return (f"**{head[0].upper()}{head[1:]}.** {why[0].upper()}{why[1:]}.\n\n"
+                "Search works all the same: every tab ranks the whole library.")
+    if report is not None and report.get("protocol") == "kfold":   # labelled, but no test split
+        return (f"This library has no test split, so every image is a query against the other "
+                f"{report.get('folds', '?')} folds (class-stratified, seed {report.get('seed', '?')}); a result is "
+                f"relevant when it has the query's class.\n\n{format_table(report)}\n\n{explain_winner(report)}")
     if report is None:
         return (f"No `{EVALUATION}` in the index folder. Write it with "
                 f"`python -m retrieval evaluate --index {shown_path(index.index_dir)} --save` "
                 "(or rebuild the index without `--no-eval`).")
-    return (f"Every test image is a query against the train library; a result is relevant when it has "
+    return kfold_markdown(report) + (
+            f"### Test split as queries\n\nEvery test image is a query against the train library; a result is relevant when it has "
             f"the query's class. P@k is the share of relevant results in the top k; mAP averages precision "
             f"over the whole ranking. Computed when the index was built (`{EVALUATION}`).\n\n"
             f"{format_table(report)}\n\n{explain_winner(report)}")
+
+
+def kfold_markdown(report: dict[str, Any]) -> str:
+    """The k-fold section (first: with every image a query, it holds where the test split is small)."""
+    from retrieval.evaluate import format_table
+    kfold = report.get("kfold") or {}
+    if not kfold.get("methods"):
+        return ""
+    return (f"### {kfold['folds']}-fold: every image a query\n\nTrain and test are pooled and split into "
+            f"{kfold['folds']} class-stratified folds (seed {kfold['seed']}); every image queries the other folds, "
+            f"and re-ranking's library side is recomputed without the query's fold. With {kfold['queries']} queries "
+            f"instead of {report['queries']}, the 95% intervals are narrow enough to rank methods.\n\n"
+            f"{format_table(kfold)}\n\n{explain_winner(kfold)}\n\n")
 
 
 def shown_path(path: Path) -> str:
@@ -101,18 +173,46 @@ def credits_markdown(data_dir: Path) -> str:
     if not attribution.records:
         return f"No readable `{ATTRIBUTION}` in the library folder, so sources and licences are not known here.{note}"
     return (f"**Sources:** {_counts(attribution.sources)}.\n\n**Licences:** {_counts(attribution.licences)}.\n\n"
+            f"{_provenance_markdown(attribution.records)}"
             f"Per-image credits (author, licence, original file) are in `{ATTRIBUTION}` and `{ATTRIBUTION_MD}` "
             f"in the library folder.{note}")
+
+
+def _provenance_markdown(records: list[dict]) -> str:
+    """For a crawled library: the licence filter, the search terms and a few source links."""
+    crawled = [r for r in records if r.get("url")]
+    if not crawled:
+        return ""
+    filters = Counter(str(r.get("licence_filter", "unknown")) for r in crawled)
+    terms = sorted({r["term"] for r in crawled if r.get("term")})
+    shown = ", ".join(f"`{f}`" + (" (no filter: licences unknown)" if f == "none" else "") for f in filters)
+    examples = "\n".join(f"- `{r.get('file', '?')}`: [image]({r['url']})"
+                         + (f", [photo page]({r['page_url']})" if r.get("page_url") else "")
+                         + (f", term *{r['term']}*" if r.get("term") else "") for r in crawled[:3])
+    return (f"**Provenance:** {len(crawled)} images were crawled for {len(terms)} search "
+            f"term{'s' if len(terms) != 1 else ''} with the licence "
+            f"filter {shown}; each keeps its source URL, photo page and search term. For example:\n"
+            f"{examples}\n\n")
 
 
 def _counts(counter: Counter) -> str:
     return ", ".join(f"{key} ({n})" for key, n in counter.most_common()) or "unknown"
 
 
+def _library_line(items: list, train: Counter, test_counts: Counter) -> str:
+    if not any(train):
+        return (f"{len(items)} library images, unlabelled (a photo folder without class folders), so there is "
+                "no evaluation; the examples are a few library images.")
+    return (f"{len(items)} library (train) images in {len(train)} classes, {sum(test_counts.values())} test images "
+            "used as examples and queries.")
+
+
 def about_markdown(index: LookalikeIndex, test_counts: Counter) -> str:
     m = index.manifest
     train = Counter(m.labels)
     rows = "\n".join(f"| {c} | {train[c]} | {test_counts.get(c, 0)} |" for c in sorted(set(train) | set(test_counts)))
+    if not any(train):   # an unlabelled library (a flat or nested photo folder)
+        rows = f"| (unlabelled) | {len(m.items)} | {sum(test_counts.values())} |"
     credits = credits_markdown(index.data_dir)
     emb = m.embedder
     model = (f"`{emb['spec']}`: {emb['dim']}-d vectors, "
@@ -121,7 +221,7 @@ def about_markdown(index: LookalikeIndex, test_counts: Counter) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m.versions.items())
     build_model = emb["source"] if emb else "none"
     return f"""### Library
-{len(m.items)} library (train) images in {len(train)} classes, {sum(test_counts.values())} test images used as examples and queries.
+{_library_line(m.items, train, test_counts)}
 
 | class | library | test |
 |---|---|---|
@@ -138,11 +238,17 @@ Built with {versions}.
 
 ### Rebuild
 ```
-python build_index.py sample --out data            # the offline sample library (or your own data/train/<class>/*)
-python build_index.py index --data data --index index --model {build_model}
+python build_index.py sample --out data            # the offline sample library (or use any folder of photos)
+python build_index.py index --data {shown_path(index.data_dir)} --index {shown_path(index.index_dir)} --model {build_model}
 python app.py --index index
 ```
 Re-running `index` re-embeds only new or changed images. Methods: {', '.join(f'`{x}`' for x in index.methods)}."""
+
+
+def library_examples(index: LookalikeIndex, n: int = 10) -> list[str]:
+    """A few library images, evenly spread, as the examples of a library without a test split."""
+    step = max(1, len(index.paths) // n)
+    return [str(p) for p in index.paths[::step][:n]]
 
 
 def test_examples(data_dir: Path) -> tuple[list[str], Counter]:

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ImageError, ModelError
-from ..images import flatten_to_rgb, load_image
+from ..images import cap_aspect, flatten_to_rgb, load_image
 from .preprocessing import split_transform
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,48 @@ class Embedder(abc.ABC):
     def __init__(self, model: torch.nn.Module, preprocess: Preprocess,
                  device: torch.device | str | None = None) -> None:
         self.device = torch.device(device) if device is not None else pick_device()
-        # Half precision only on GPU: CPU fp16 matmuls are slow or unsupported.
+        # Half precision on GPU; on CPU fp32 until set_precision("bf16") (see precision.py): CPU
+        # fp16 matmuls are slow or unsupported, bf16 ones are fast only on CPUs with native bf16.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.precision = "fp16" if self.device.type == "cuda" else "fp32"
         model = model.to(device=self.device, dtype=self.dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model.eval()
+        # One model per precision used so far; the first (fp32 on CPU) is the master copy that
+        # other precisions are cast from, since casting bf16 back to fp32 would lose bits.
+        self._models: dict[str, torch.nn.Module] = {self.precision: self.model}
+        self.precision_record: dict[str, object] = {"requested": self.precision, "why": "default"}
         self.preprocess = preprocess
         # Per image only the PIL steps; ToTensor + Normalize run once per batch in _embed.
         self.split = split_transform(preprocess)
+
+    def set_precision(self, precision: str) -> None:
+        """Run the model in "fp32" or "bf16" (CPU) from now on; the other copy is kept for
+        switching back (release_other_precisions frees it)."""
+        from .precision import DTYPES, model_in
+        if precision not in DTYPES:
+            raise ModelError(f"unknown precision {precision!r}; choose fp32 or bf16")
+        if precision not in self._models:
+            master = next(iter(self._models.values()))
+            self._models[precision] = model_in(master, DTYPES[precision], self.channels_last).eval()
+        self.model, self.precision, self.dtype = self._models[precision], precision, DTYPES[precision]
+
+    def release_other_precisions(self) -> None:
+        """Keep only the model of the current precision (a query server needs one copy)."""
+        self._models = {self.precision: self.model}
+
+    def warm(self) -> None:
+        """One model call on a test card, so the first real query does not pay for first-call setup
+        (oneDNN primitives, allocator growth): the app's warm-up calls it. The text tower too."""
+        self._embed(self.probe_batch(1))
+        if self.has_text:
+            self.encode_text(["a photo"])
+
+    def probe_batch(self, n: int) -> torch.Tensor:
+        """n preprocessed copies of a grey test card: a real input shape for timing calls."""
+        card = Image.new("RGB", (256, 256), (128, 128, 128))
+        return torch.stack([self._prepare(card)] * n)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, dim={self.dim}, device={self.device})"
@@ -86,7 +119,7 @@ class Embedder(abc.ABC):
     def _prepare(self, img: Image.Image) -> torch.Tensor:
         """(3, H, W): uint8 when the transform splits (normalised later, per batch), else float."""
         img = img if img.mode == "RGB" else flatten_to_rgb(img)
-        return self.split.to_uint8(img) if self.split else self.preprocess(img)
+        return self.split.to_uint8(img) if self.split else self.preprocess(cap_aspect(img))  # bounded resize
 
     def _embed(self, batch: torch.Tensor) -> np.ndarray:
         """One model call on a stacked batch (uint8 from _prepare, or float already normalised)
@@ -168,8 +201,21 @@ class Embedder(abc.ABC):
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def load_embedder(spec: str | None = None, device: torch.device | str | None = None) -> Embedder:
-    """Build the embedder a spec names (see the module docstring); ModelError when it cannot."""
+def load_embedder(spec: str | None = None, device: torch.device | str | None = None,
+                  precision: str | None = None) -> Embedder:
+    """The embedder a spec names (see the module docstring), in `precision` ("auto", "fp32",
+    "bf16"; None keeps fp32 on CPU, fp16 on GPU); ModelError when it cannot be built."""
+    embedder = _build_embedder(spec, device)
+    if precision is not None:
+        from .precision import resolve
+        chosen, why = resolve(embedder, precision)
+        if chosen != embedder.precision:
+            embedder.set_precision(chosen)
+        embedder.precision_record = why
+    return embedder
+
+
+def _build_embedder(spec: str | None, device: torch.device | str | None) -> Embedder:
     text = (spec or "auto").strip()
     if text.lower() == "auto":
         from .openclip import weights_status

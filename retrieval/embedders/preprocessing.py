@@ -9,6 +9,11 @@ the pixels the model sees are the ones its authors' transform makes (checked in 
 The first Resize's target also gives the JPEG draft size: PIL's decoder can scale by 1/2, 1/4 or
 1/8 while decoding (DCT scaling) and still return at least that many pixels per side, so a 12 Mpx
 phone photo is never decoded whole just to become 224x224.
+
+Memory is bounded by the output, not by the file: before the PIL steps an image is centre-cropped
+to `MAX_ASPECT` (the resize would scale a 1,000,000x1 image's short side to 256, asking for a
+256,000,000x256 image; the model's centre crop keeps the middle anyway), and every step's result
+is checked against `MAX_RESIZED_PIXELS`.
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
+
+from ..errors import ImageError
+from ..images import MAX_RESIZED_PIXELS, cap_aspect
 
 PilStep = Callable[[Image.Image], Image.Image]
 _TO_TENSOR = {"ToTensor", "MaybeToTensor"}
@@ -34,8 +42,7 @@ class SplitTransform:
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
         """(3, H, W) uint8 after the PIL steps (no float work per image)."""
-        for step in self.pil_steps:
-            img = step(img)
+        img = bounded_steps(img, self.pil_steps)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def normalise(self, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -43,6 +50,17 @@ class SplitTransform:
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=batch.device).view(1, -1, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=batch.device).view(1, -1, 1, 1)
         return batch.float().mul_(scale).sub_(shift).to(dtype)
+
+
+def bounded_steps(img: Image.Image, steps: tuple[PilStep, ...]) -> Image.Image:
+    """Run PIL steps on an aspect-capped image, refusing any step whose result is too large."""
+    img = cap_aspect(img)
+    for step in steps:
+        img = step(img)
+        if isinstance(img, Image.Image) and img.width * img.height > MAX_RESIZED_PIXELS:
+            raise ImageError(f"the image would be resized to {img.width}x{img.height} by "
+                             f"{type(step).__name__}, over the {MAX_RESIZED_PIXELS / 1e6:.0f} Mpx limit")
+    return img
 
 
 def split_transform(preprocess: object) -> SplitTransform | None:

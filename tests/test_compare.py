@@ -1,0 +1,115 @@
+"""The Compare endpoint (/compare) through gradio_client, and `python -m retrieval compare` on the CLI:
+one query, one row per method, hits marked where the class is known, P@k and AP, clear errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+
+from app_support import launch
+from retrieval.compare import compare, score_text
+from retrieval.library import scan_split
+from retrieval.search import LookalikeIndex
+from webui.compare import RIGHT, WRONG, Comparer, model_title
+
+MARKS = (RIGHT, WRONG)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def app(sample_effnet_index):
+    demo, app = launch(sample_effnet_index)
+    yield app
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def query(sample_data) -> tuple[Path, str]:
+    it = scan_split(sample_data, "test")[0]
+    return it.path(sample_data), it.label
+
+
+def _rows(app, path: Path, k: int = 5):
+    out = app.client.predict(handle_file(str(path)), k, api_name="/compare")
+    return out, out[2]
+
+
+def test_compare_endpoint_gives_every_method_a_marked_row(app, query):
+    out, rows = _rows(app, query[0])
+    methods = Comparer(app.index).methods
+    assert [r["method"] for r in rows] == methods == sorted(app.index.methods, key=methods.index)
+    kinds = [r["kind"] for r in rows]
+    assert kinds == sorted(kinds, key=["pixels", "deep, exact", "deep, HNSW (Chroma)", "re-ranked"].index)
+    assert {"pixels", "deep, exact", "deep, HNSW (Chroma)", "re-ranked"} == set(kinds)
+    assert query[1] in out[1]                                  # "Query class: <class> (test split)"
+    for r in rows:
+        assert len(r["hits"]) == 5
+        assert [h["correct"] for h in r["hits"]] == [h["class"] == query[1] for h in r["hits"]]
+        assert r["p@k"] == sum(h["correct"] for h in r["hits"]) / 5 and 0 <= r["ap"] <= 1
+    by = {r["method"]: r for r in rows}
+    direct, _ = app.index.search(query[0], "effnet-cosine+dba+qe", 5)
+    assert [h["file"] for h in by["effnet-cosine+dba+qe"]["hits"]] == [h.rel for h in direct]
+    galleries = out[4::2]   # after thumbnail, summary, data: (markdown, gallery) per method (no State)
+    assert len(galleries) == len(methods) and all(len(g) == 5 for g in galleries)
+    assert all(g[0]["caption"][0] in MARKS for g in galleries)
+    assert "Δ" in galleries[0][0]["caption"] and "/255" in galleries[0][0]["caption"]   # pixel-l1 with its scale
+
+
+def test_a_library_image_is_known_by_content_and_left_out(app):
+    lib = app.index.paths[3]
+    out, rows = _rows(app, lib, k=4)
+    assert app.index.labels[3] in out[1] and "library image" in out[1]
+    assert all(h["file"] != app.index.rels[3] for r in rows for h in r["hits"])
+
+
+def test_an_unknown_upload_is_not_marked(app, query, tmp_path):
+    from PIL import Image
+    copy = tmp_path / "mine.png"
+    Image.open(query[0]).convert("RGB").rotate(90, expand=True).save(copy)   # new bytes: class unknown
+    out, rows = _rows(app, copy, k=3)
+    assert "unknown" in out[1]
+    assert all(r["ap"] is None and all(h["correct"] is None for h in r["hits"]) for r in rows)
+
+
+@pytest.mark.parametrize("case,message", [("text", "not an image"), ("empty", "empty"), ("none", "no query image")])
+def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(app, query, tmp_path, case, message):
+    bad = tmp_path / "photo.jpg"
+    bad.write_text("not a picture\n") if case == "text" else bad.write_bytes(b"")
+    with pytest.raises(AppError, match=message):
+        app.client.predict(None if case == "none" else handle_file(str(bad)), 5, api_name="/compare")
+    with pytest.raises(AppError, match="k must be a whole number"):
+        app.client.predict(handle_file(str(query[0])), 0, api_name="/compare")
+    assert len(_rows(app, query[0], 2)[1][0]["hits"]) == 2
+
+
+def test_scores_say_their_scale_and_the_deep_tab_names_its_model(app):
+    idx = app.index
+    dims = idx.manifest.pixel_size ** 2 * 3
+    assert score_text(idx.parse_method("pixel-l1"), 3072 * 10.0, dims) == "30,720 (Δ 10.0/255)"
+    assert score_text(idx.parse_method("pixel-l2"), 400.0, dims) == "400 (RMS 20.0/255)"
+    assert score_text(idx.parse_method("effnet-cosine+qe"), 0.5, dims) == "+0.500"
+    assert model_title(idx) == "efficientnet-lite0 (offline ImageNet backbone)"
+    import requests
+    config = requests.get(app.url + "config", timeout=10).text
+    assert "efficientnet-lite0 (offline ImageNet backbone)" in config and "CLIP / deep features" not in config
+
+
+def test_cli_compare_prints_rows_and_plots(sample_effnet_index, query, tmp_path):
+    png = tmp_path / "compare.png"
+    out = subprocess.run([sys.executable, "-m", "retrieval", "compare", str(query[0]), "--index",
+                          str(sample_effnet_index), "-k", "3", "--plot", str(png)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"# query class: {query[1]}")
+    index = LookalikeIndex.open(sample_effnet_index)
+    for m in index.methods:
+        assert any(line.startswith(m + " ") and "AP " in line for line in lines), m
+    assert png.stat().st_size > 20_000
+    direct = compare(index, query[0], ["pixel-l1"], 3)
+    assert direct.rows[0].correct == [h.label == query[1] for h in direct.rows[0].hits]

@@ -1,0 +1,108 @@
+"""The warm app: the model loads in the background at start-up; until then pixel search works, the
+page says "loading the model…", and a deep query gets a clear message instead of a hang."""
+from __future__ import annotations
+
+import threading
+import time
+
+import gradio as gr
+import pytest
+
+from retrieval.errors import ModelError
+from retrieval.search import LookalikeIndex
+from webui import handlers
+from webui.handlers import Searcher
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory):
+    from conftest import make_tiny_library
+    from retrieval.indexing import build_index
+    root = tmp_path_factory.mktemp("warm")
+    data = make_tiny_library(root / "data")
+    build_index(data, root / "index", model="effnet", evaluate=False)
+    return root / "index", sorted((data / "test").rglob("*.jpg"))
+
+
+@pytest.fixture
+def slow_model(monkeypatch):
+    """use_model blocks until the test releases it: a model that is still loading."""
+    release = threading.Event()
+    real = LookalikeIndex.use_model
+
+    def blocked(self, spec):
+        assert release.wait(60), "the test never released the model load"
+        real(self, spec)
+
+    monkeypatch.setattr(LookalikeIndex, "use_model", blocked)
+    monkeypatch.setattr(handlers, "WARM_WAIT_S", 0.2)
+    yield release
+    release.set()
+
+
+def test_deep_query_while_loading_gets_a_clear_message(tiny_index, slow_model):
+    index_dir, queries = tiny_index
+    index = LookalikeIndex.open(index_dir)
+    searcher = Searcher(index)
+    assert "loads with the first deep query" in searcher.model_status()
+    index.warm_up()
+    assert index.loading and not index.ready
+    assert "loading the model…" in searcher.model_status()
+
+    t0 = time.perf_counter()
+    with pytest.raises(gr.Error, match="the model is still loading .*try again in a few seconds"):
+        handlers.user_errors(searcher.deep)(str(queries[0]), "effnet-cosine", 3)
+    assert time.perf_counter() - t0 < 30          # refused after the short wait, not stuck on the load lock
+    gallery, status, _ = searcher.pixel(str(queries[0]), "l1", 3)   # pixel search works meanwhile
+    assert len(gallery) == 3
+
+    slow_model.set()
+    assert index.wait_ready(60) and index.ready
+    assert "model ready" in searcher.model_status()
+    assert index.loaded() >= {"model", "store"}                     # Chroma too (HNSW is offered)
+    gallery, status, _ = searcher.deep(str(queries[0]), "effnet-cosine", 3)
+    assert len(gallery) == 3 and "first loaded" not in status       # no model-loading time in the query
+
+
+def test_failed_warm_up_is_reported_and_retried(tiny_index, monkeypatch):
+    index_dir, queries = tiny_index
+    index = LookalikeIndex.open(index_dir)
+    real = LookalikeIndex.use_model
+    calls = []
+
+    def failing(self, spec):
+        calls.append(spec)
+        if len(calls) == 1:
+            raise ModelError("weights missing (simulated)")
+        real(self, spec)
+
+    monkeypatch.setattr(LookalikeIndex, "use_model", failing)
+    index.warm_up().join(60)
+    searcher = Searcher(index)
+    assert "loading the model failed:** ModelError: weights missing (simulated)" in searcher.model_status()
+    gallery, status, _ = searcher.deep(str(queries[0]), "effnet-cosine", 3)   # the query retries the load
+    assert len(gallery) == 3 and "first loaded the model" in status
+
+
+def test_app_says_loading_over_http(tiny_index, slow_model):
+    """Through the served app: /model_status says loading, /search_deep refuses with the message."""
+    from gradio_client import Client, handle_file
+    from webui.layout import serve
+    index_dir, queries = tiny_index
+    index = LookalikeIndex.open(index_dir)
+    index.warm_up()
+    demo, url = serve(index)
+    try:
+        client = Client(url, verbose=False)
+        status = client.predict(api_name="/model_status")
+        assert "loading the model…" in (status[0] if isinstance(status, (list, tuple)) else status)
+        with pytest.raises(Exception, match="the model is still loading"):
+            client.predict(handle_file(str(queries[0])), "effnet-cosine", 3, api_name="/search_deep")
+        pixel = client.predict(handle_file(str(queries[0])), "l1", 3, api_name="/search_pixel")
+        assert len(pixel[0]) == 3
+        slow_model.set()
+        assert index.wait_ready(60)
+        status = client.predict(api_name="/model_status")
+        assert "model ready" in (status[0] if isinstance(status, (list, tuple)) else status)
+    finally:
+        demo.close()
