@@ -39,7 +39,7 @@ from typing import Any
 import requests
 
 from .common import ROOT, _status_kb, add_check, add_table, hwm_mb, machine_info, median_ms, p95_ms, result, rss_mb, stop_process
-from .soak import Expected, free_port
+from .soak import Expected, free_port, start_server
 
 REQUEST_TIMEOUT_S = 180.0
 DATA_URL_MB = 40
@@ -65,23 +65,8 @@ def start_capped(index: Path, port: int, log_path: Path, cap_mb: int, timeout_s:
     """app.py under `prlimit --as`, its log in a file; returns once the page answers."""
     # MALLOC_ARENA_MAX=2 as docs/spaces.md recommends for a Space: glibc otherwise reserves a 64 MB
     # arena per thread, address space that an --as cap counts although it is never touched.
-    env = {"MALLOC_ARENA_MAX": "2", **os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    cmd = ["prlimit", f"--as={cap_mb * 2 ** 20}", "--", sys.executable, str(ROOT / "app.py"), "--index", str(index),
-           "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode} under the cap: {log_path.read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
-                return proc
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"app.py did not answer within {timeout_s} s")
+    return start_server(index, port, log_path, timeout_s, wrapper=("prlimit", f"--as={cap_mb * 2 ** 20}", "--"),
+                        env={"MALLOC_ARENA_MAX": "2"})
 
 
 def _call(url: str, api: str, data: list[Any]) -> tuple[str, Any]:

@@ -57,13 +57,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, port: int, log_path: Path, timeout_s: float = 180) -> subprocess.Popen:
-    """app.py on 127.0.0.1:port, its log in a file (read afterwards for tracebacks)."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--index", str(index), "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+def start_server(index: Path, port: int, log_path: Path, timeout_s: float = 180, *,
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
+    """app.py on 127.0.0.1:port, its log in a file (read afterwards for tracebacks); returns once the
+    page answers. `wrapper` runs it under another command (e.g. `prlimit --as=...`), `env` adds variables."""
+    env = {**(env or {}), **os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    cmd = [*wrapper, sys.executable, str(ROOT / "app.py"), "--index", str(index), "--host", "127.0.0.1",
+           "--port", str(port)]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -159,6 +159,15 @@ def flatten_to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 25
     return img.convert("RGB")
 
 
+def _open_first_frame(source: ImageSource, label: str) -> Image.Image:
+    """Open lazily, refuse a declared size over the limits, and take the first frame (GIF, TIFF)."""
+    img = _open(source, label)
+    _check_size(img, label)
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    return img
+
+
 def load_image(source: ImageSource, name: str | None = None, *, draft: int | None = None,
                reduce_to: int | None = None) -> Image.Image:
     """Open, decode fully, apply EXIF orientation, take the first frame and return RGB.
@@ -175,10 +184,7 @@ def load_image(source: ImageSource, name: str | None = None, *, draft: int | Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(source, label)
-            _check_size(img, label)
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
+            img = _open_first_frame(source, label)
             draft = draft or reduce_to
             if draft and img.format == "JPEG" and min(img.size) >= 2 * draft:
                 img.draft("RGB", (draft, draft))
@@ -253,10 +259,7 @@ def check_image(source: ImageSource, name: str | None = None) -> tuple[int, int,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(source, label)
-            _check_size(img, label)
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
+            img = _open_first_frame(source, label)
             held = DECODE_POOL.reserve(decoded_bytes(*img.size, img.mode), label)
             try:
                 img.load()

@@ -5,12 +5,10 @@ The screenshot goes to artifacts/browser/compare.png (beside the app test's app.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from browser_support import chromium, needs_chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -22,11 +20,9 @@ MARKS = (RIGHT, WRONG)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 WAIT_S = 60
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-                                reason="needs /usr/bin/chromium and /usr/bin/chromedriver")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +35,8 @@ def effnet_app(sample_effnet_index):
 
 @pytest.fixture(scope="module")
 def browser():
-    with tempfile.TemporaryDirectory(prefix="lookalike-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-                     "--window-size=1400,2400"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-        try:
-            yield driver
-        finally:
-            driver.quit()
+    with chromium(1400, 2400) as driver:
+        yield driver
 
 
 def row_captions(driver, n_rows: int) -> list[list[str]]:

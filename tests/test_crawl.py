@@ -13,22 +13,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from collect.crawl import (CrawlError, crawl_urls, extract_image_urls, find_chromedriver,
+from collect.crawl import (CrawlError, crawl_urls, extract_image_urls,
                            largest_srcset_candidate, load_categories, search_url, to_large_size)
 from flickr_standin import serve_standin
+from browser_support import needs_chromedriver
 
 
-def _have_chromedriver() -> bool:
-    try:
-        find_chromedriver()
-    except CrawlError:
-        return False
-    return True
 
 
-needs_chrome = pytest.mark.skipif(
-    not _have_chromedriver(),
-    reason="chromedriver not found (apt-get install chromium chromium-driver); the crawler needs a real browser")
+needs_chrome = needs_chromedriver
 
 FAST = {"scroll_pause": 0.2, "time_limit": 30.0}
 

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from conftest import make_tiny_library
-from retrieval.evaluate import (Pool, bootstrap_ci, build_pool, evaluate_kfold, kfold_library_side,
+from retrieval.evaluate import (Pool, bootstrap_ci, evaluate_kfold, kfold_library_side,
                                 stratified_folds)
 from retrieval.indexing import build_index
 from retrieval.rerank import Settings, library_side

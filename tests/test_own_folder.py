@@ -15,7 +15,6 @@ from PIL import Image
 
 import build_index
 from retrieval.cli import main as cli_main
-from retrieval.errors import LibraryError
 from retrieval.indexing import build_index as build
 from retrieval.library import (CLASS_LAYOUT, FLAT_LAYOUT, NESTED_LAYOUT, SPLIT_LAYOUT, inside_root,
                                printable, scan_library)

@@ -14,25 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import build_index
 from collect.split import list_classes
 from fault_server import FaultServer
+from browser_support import needs_chromedriver
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _have_chromedriver() -> bool:
-    try:
-        from collect.crawl import CrawlError, find_chromedriver
-    except ImportError:
-        return False
-    try:
-        find_chromedriver()
-    except CrawlError:
-        return False
-    return True
 
 
 def _paths(tmp: Path) -> list[str]:
@@ -71,8 +61,7 @@ def test_all_needs_a_repo_id_unless_no_hub(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "urls.json").exists()  # refused before any work
 
 
-@pytest.mark.skipif(not _have_chromedriver(), reason="chromedriver not found (apt-get install chromium "
-                                                      "chromium-driver); the crawler needs a real browser")
+@needs_chromedriver
 def test_whole_chain_offline_with_one_command(tmp_path: Path) -> None:
     from flickr_standin import serve_standin
     from retrieval.search import LookalikeIndex

@@ -10,23 +10,16 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 
 from collect import hub
 from collect.crawl import extract_photos, search_url
 from collect.provenance import DEFAULT_LICENCES, licence_text, provenance_path
 from retrieval.attribution import read_attribution
+from browser_support import needs_chromedriver
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _have_chromedriver() -> bool:
-    from collect.crawl import CrawlError, find_chromedriver
-    try:
-        find_chromedriver()
-    except CrawlError:
-        return False
-    return True
 
 
 def test_search_url_asks_for_open_licences() -> None:
@@ -47,8 +40,7 @@ def test_photo_page_is_the_link_around_the_thumbnail() -> None:
         "https://live.staticflickr.com/1/2_bb_b.jpg": None}
 
 
-@pytest.mark.skipif(not _have_chromedriver(), reason="chromedriver not found (apt-get install chromium "
-                                                      "chromium-driver); the crawler needs a real browser")
+@needs_chromedriver
 def test_crawl_to_hub_rows_keeps_every_source_url(tmp_path: Path) -> None:
     from flickr_standin import serve_standin
     from webui.texts import credits_markdown

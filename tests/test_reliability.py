@@ -58,6 +58,7 @@ from retrieval.paths import MANIFEST
 from retrieval.search import LookalikeIndex
 
 import build_index as build_cli
+from browser_support import needs_chromedriver
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHDOG_S = 300
@@ -595,16 +596,8 @@ def test_download_killed_midway_resumes_to_the_same_result(tmp_path):
     assert _download_result(raw) == _download_result(tmp_path / "ref")
 
 
-def _have_chromedriver() -> bool:
-    try:
-        from collect.crawl import CrawlError, find_chromedriver
-        find_chromedriver()
-        return True
-    except (ImportError, CrawlError):
-        return False
 
-
-@pytest.mark.skipif(not _have_chromedriver(), reason="chromedriver not found; the crawler needs a real browser")
+@needs_chromedriver
 def test_crawl_killed_midway_resumes_to_the_same_result(tmp_path):
     from flickr_standin import serve_standin
     cats = tmp_path / "cats.json"

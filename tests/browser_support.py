@@ -1,0 +1,52 @@
+"""Headless Chromium for the browser tests: Debian's chromium + chromedriver, a fresh profile each time.
+
+Shared by tests/test_app_browser.py and tests/test_compare_browser.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run")
+
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
+
+
+@contextlib.contextmanager
+def chromium(width: int = 1400, height: int = 1800) -> Iterator[webdriver.Chrome]:
+    """A headless Chromium driven by Selenium, quit (and its profile removed) on exit."""
+    with tempfile.TemporaryDirectory(prefix="lookalike-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def have_chromedriver() -> bool:
+    """Whether the crawler finds a chromedriver (it drives a real headless Chromium)."""
+    from collect.crawl import CrawlError, find_chromedriver
+    try:
+        find_chromedriver()
+    except CrawlError:
+        return False
+    return True
+
+
+needs_chromedriver = pytest.mark.skipif(
+    not have_chromedriver(),
+    reason="chromedriver not found (apt-get install chromium chromium-driver); the crawler needs a real browser")
