@@ -269,6 +269,18 @@ def top_k(scores: np.ndarray, k: int, higher_is_better: bool,
     return part[np.lexsort((part, key[part]))]
 
 
+def top_k_rows(scores: np.ndarray, k: int, higher_is_better: bool,
+               exclude: "list[set[int]]") -> list[list[tuple[int, float]]]:
+    """Top-k (row, score) for each query's row of scores, leaving out that query's `exclude` rows."""
+    out = []
+    for row, skip in zip(scores, exclude):
+        mask = None
+        if skip:
+            mask = np.zeros(len(row), dtype=bool)
+            mask[list(skip)] = True
+        out.append([(int(i), float(row[i])) for i in top_k(row, k, higher_is_better, mask)])
+    return out
+
 
 # -- exact L1 top-k with lower bounds (large pixel sizes) ---------------------------------------
 PRUNE_MIN_SIDE = 64          # below this a full pass is a few ms already (32x32: ~2 ms)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import atomic
 from .errors import IndexError_
-from .metrics import top_k
+from .metrics import top_k_rows
 
 log = logging.getLogger(__name__)
 
@@ -338,15 +338,7 @@ class Reranker:
         side = self.side(method.source)
         if method.hnsw:
             return self._rank_hnsw(q, side, s, k, exclude)
-        scores = rerank_scores(q, side, s, method.dba, method.qe, exclude)
-        out = []
-        for row, skip in zip(scores, exclude):
-            mask = None
-            if skip:
-                mask = np.zeros(len(row), dtype=bool)
-                mask[list(skip)] = True
-            out.append([(int(i), float(row[i])) for i in top_k(row, k, True, mask)])
-        return out
+        return top_k_rows(rerank_scores(q, side, s, method.dba, method.qe, exclude), k, True, exclude)
 
     def _hnsw_hits(self, q: np.ndarray, n: int, exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
         extra = max((len(x) for x in exclude), default=0)

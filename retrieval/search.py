@@ -24,7 +24,7 @@ import numpy as np
 from .errors import IndexError_, LookalikeError, ModelError
 from .images import QUERY_SIDE, ImageSource, load_image, resize_pixels
 from .manifest import Manifest
-from .metrics import METRICS, L1Pruner, PreparedMatrix, get_metric, top_k
+from .metrics import METRICS, L1Pruner, PreparedMatrix, get_metric, top_k_rows
 
 log = logging.getLogger(__name__)
 
@@ -354,15 +354,7 @@ class LookalikeIndex:
             return [self._rank_pruned(v, k, skip) for v, skip in zip(vectors, exclude)]
         matrix = self.pixels if method.source == "pixel" else self.embeddings
         scores = matrix.scores(vectors, method.metric).reshape(len(vectors), -1)
-        out = []
-        for row_scores, skip in zip(scores, exclude):
-            mask = None
-            if skip:
-                mask = np.zeros(len(row_scores), dtype=bool)
-                mask[list(skip)] = True
-            idx = top_k(row_scores, k, method.higher_is_better, mask)
-            out.append([(int(i), float(row_scores[i])) for i in idx])
-        return out
+        return top_k_rows(scores, k, method.higher_is_better, exclude)
 
     @property
     def l1_pruner(self) -> L1Pruner | None:
