@@ -91,3 +91,13 @@ def clip_checkpoint(tmp_path_factory) -> Path:
 def sample_effnet_index(sample_data, tmp_path_factory) -> Path:
     """The sample library indexed with the offline backbone (embeddings + Chroma + evaluation)."""
     return _index_sample(sample_data, tmp_path_factory, "effnet")
+
+
+@pytest.fixture(scope="module")
+def app(sample_effnet_index):
+    """The app over the sample effnet index, served in-process on 127.0.0.1 (gradio_client tests);
+    a module may override it with an app over its own index (test_reliability does)."""
+    from app_support import launch
+    demo, served = launch(sample_effnet_index)
+    yield served
+    demo.close()

@@ -40,13 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def app(sample_effnet_index):
-    demo, app = launch(sample_effnet_index)
-    yield app
-    demo.close()
-
-
-@pytest.fixture(scope="module")
 def queries(sample_data) -> list[tuple[Path, str]]:
     return [(it.path(sample_data), it.label) for it in scan_split(sample_data, "test")]
 

@@ -10,7 +10,6 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from app_support import launch
 from retrieval.compare import compare, score_text
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
@@ -19,13 +18,6 @@ from webui.compare import RIGHT, WRONG, Comparer, model_title
 MARKS = (RIGHT, WRONG)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def app(sample_effnet_index):
-    demo, app = launch(sample_effnet_index)
-    yield app
-    demo.close()
 
 
 @pytest.fixture(scope="module")
