@@ -80,10 +80,10 @@ def needed_ef(sw: dict[int, dict], recall: float = RECALL) -> int | None:
 
 def run(sizes: tuple[int, ...] = (10_000, 30_000, 100_000), settings: tuple[tuple[int, int], ...] = SETTINGS,
         ef_sweep: tuple[int, ...] = EF_SWEEP, queries: int = 200, dim: int = 512, k: int = 10,
-        dataset: str = "embedding-like", workdir: str | None = None) -> dict:
+        dataset: str = "embedding-like", workdir: str | None = None, name: str = "hnsw_settings") -> dict:
     logging.getLogger("chromadb").setLevel(logging.WARNING)
     sizes = tuple(sorted(sizes))
-    res = result("hnsw_settings", f"Chroma HNSW settings on {dim}-d {dataset} vectors: build, disk, recall, latency",
+    res = result(name, f"Chroma HNSW settings on {dim}-d {dataset} vectors: build, disk, recall, latency",
                  {"sizes": list(sizes), "settings": [list(s) for s in settings], "ef_sweep": list(ef_sweep),
                   "queries": queries, "dim": dim, "k": k, "dataset": dataset, "product": HNSW})
     with stopwatch(res), tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -125,9 +125,27 @@ def run(sizes: tuple[int, ...] = (10_000, 30_000, 100_000), settings: tuple[tupl
                            f"{HNSW['ef_construction']}, ef_search {ef_search_for(sizes[-1])}) at {sizes[-1]:,}",
                       f"recall@{k} >= {RECALL}", f"{top[ef]['recall']:.3f} at ef_search {ef}, p50 "
                       f"{fmt_ms(top[ef]['p50_ms'])} ms", top[ef]["recall"] >= RECALL)
-        res["notes"].append("The 1M-vector figures (bench/results/vectors_1m.json) were not re-measured in this run: "
-                            "that build takes about an hour of both cores.")
+        add_frontier_check(res, figures, sizes[-1], k)
+        if sizes[-1] < 1_000_000:
+            res["notes"].append("The 1M-vector figures (`python -m bench --only hnsw_1m`) were not re-measured in "
+                                "this run: each setting's build takes from half an hour to over an hour of both cores.")
     return res
+
+
+def add_frontier_check(res: dict, figures: dict[str, Any], n: int, k: int, p50_target_ms: float = 10.0) -> None:
+    """The issue's target at the largest size: recall@k >= RECALL at p50 < 10 ms. Reports the fastest
+    (setting, ef_search) that reaches the recall, met or not, so the best measured point is stated."""
+    points = [(f["sweep"][ef]["p50_ms"], key, ef, f["sweep"][ef]["recall"])
+              for key, by_n in figures.items() for f in [by_n[str(n)]] for ef in f["sweep"]]
+    good = sorted(p for p in points if p[3] >= RECALL)
+    if good:
+        p50, key, ef, rec = good[0]
+        value, met = f"{rec:.3f} at p50 {fmt_ms(p50)} ms (M/ef_construction {key}, ef_search {ef})", p50 < p50_target_ms
+    else:
+        p50, key, ef, rec = max(points, key=lambda p: p[3])
+        value, met = f"no setting reached {RECALL}; best {rec:.3f} at p50 {fmt_ms(p50)} ms ({key}, ef {ef})", False
+    add_check(res, f"Chroma, {n:,} vectors: recall@{k} >= {RECALL} at p50 < {p50_target_ms:g} ms (best setting)",
+              f"p50 < {p50_target_ms:g} ms", value, met)
 
 
 def main() -> None:
@@ -135,10 +153,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
     ap.add_argument("--settings", nargs="+", default=[f"{m}:{e}" for m, e in SETTINGS])
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--ef-sweep", type=int, nargs="+", default=list(EF_SWEEP))
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     settings = tuple(tuple(int(x) for x in s.split(":")) for s in args.settings)
-    print_result(run(tuple(args.sizes), settings, queries=args.queries, workdir=args.workdir))
+    print_result(run(tuple(args.sizes), settings, tuple(args.ef_sweep), queries=args.queries, workdir=args.workdir))
 
 
 if __name__ == "__main__":

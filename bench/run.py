@@ -77,6 +77,10 @@ SUITE: tuple[Bench, ...] = (
     # Chroma HNSW build settings and ef_search by collection size (about 20 min on 2 cores; opt-in).
     Bench("hnsw_settings", "hnsw_settings", full={}, quick={"sizes": (2_000, 5_000), "settings": ((16, 100), (32, 200)),
                                                           "queries": 50, "ef_sweep": (50, 200)}, default=False),
+    # The same table at 1,000,000 vectors for the settings either side of the product's (M=32/200 is in
+    # vectors_1m): about 25 min (16/100) and over an hour (48/300) of both cores; opt-in.
+    Bench("hnsw_1m", "hnsw_settings", full={"sizes": (100_000, 1_000_000), "settings": ((16, 100), (48, 300)),
+                                            "ef_sweep": (100, 200, 400, 800), "name": "hnsw_1m"}, default=False),
     Bench("streaming", "streaming", full={}, quick={"sizes": (64, 256), "side": 1024}),
     Bench("gpu", "gpu", full={}, quick={"limit": 16, "batch": 8, "seconds": 1.0}),
     Bench("rerank_speed", "rerank_speed", full={"queries": 30}, quick={"queries": 5, "fashion_train": 5000}),

@@ -139,7 +139,7 @@ def _evaluate_kfold(index, args: argparse.Namespace) -> int:
         pool = build_pool(index)
         report = evaluate_kfold(index, methods=args.methods or None, folds=args.folds, seed=args.seed, pool=pool)
         tables = [tune_table(index, src, folds=args.folds, seed=args.seed, pool=pool)
-                  for src in index.sources()] if args.tune else []
+                  for src in index.sources() if index.reranker.offers(src)] if args.tune else []
     except NothingToEvaluate as exc:
         print(f"# {exc}")
         return 0
@@ -177,6 +177,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
             line += "\tre-ranked: " + " + ".join(x for x, on in (("DBA", m.dba), ("alpha-QE", m.qe)) if on) \
                 + f", {describe(index.rerank_settings(m.source))}"
         print(line)
+    for source, why in ((index.manifest.rerank or {}).get("skipped") or {}).items():
+        print(f"# no re-ranked methods for {source}: {why}")
     return 0
 
 
@@ -206,9 +208,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     summary = build_index(args.data, args.index, pixel_size=args.pixel_size, model=args.model,
                           chroma_url=args.chroma_url, evaluate=not args.no_eval, batch_size=args.batch_size,
                           labels=getattr(args, "labels", "auto"), lock_wait=getattr(args, "lock_wait", 0.0),
-                          precision=getattr(args, "precision", "auto"))
+                          precision=getattr(args, "precision", "auto"), rerank=getattr(args, "rerank", "auto"))
     print(f"indexed {summary['images']} images at {summary['pixel_size']}px "
           f"({summary['embedded']} embedded, {len(summary['skipped'])} skipped) -> {args.index}")
+    for source, why in summary.get("rerank_skipped", {}).items():
+        print(f"no re-ranked methods for {source}: {why}")
     if "evaluation_note" in summary:
         print(f"evaluation: {summary['evaluation_note']}")
     if "evaluation" in summary:
@@ -239,6 +243,11 @@ def add_index_build_options(p: "argparse.ArgumentParser | argparse._ArgumentGrou
     p.add_argument("--chroma-url", default=None, help="use a Chroma server http://HOST:PORT instead of the embedded store")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
     p.add_argument("--no-eval", action="store_true", help="skip writing evaluation.json")
+    from .rerank import DBA_AUTO_MAX_BYTES, MODES
+    p.add_argument("--rerank", choices=MODES, default="auto",
+                   help="re-ranked methods (DBA, alpha-QE): 'auto' for each source whose re-ranking rows fit "
+                        f"{DBA_AUTO_MAX_BYTES >> 20} MiB (large libraries and big pixel sizes go without), "
+                        "'on' always, 'off' never")
     add_precision_option(p, "the model's precision while embedding")
     p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
                    help="when another build of the same index folder is running, wait up to SECONDS for "

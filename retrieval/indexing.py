@@ -123,11 +123,12 @@ def _load_array(index_dir: Path, name: str | None, manifest: Manifest | None = N
 def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = None,
                 model: str | None = None, chroma_url: str | None = None,
                 evaluate: bool = True, batch_size: int = 32, labels: str = "auto",
-                precision: str = "fp32") -> dict[str, Any]:
+                precision: str = "fp32", rerank: str = "auto") -> dict[str, Any]:
     """Build or update the index of the library DATA (any layout, see retrieval.library) under
     INDEX; returns a summary for logs and tests. `labels`: "auto", "folders" or "none".
     `precision`: "fp32", "bf16" or "auto" (bf16 where the CPU runs it natively and faster; the
-    command line's default), see retrieval.embedders.precision.
+    command line's default), see retrieval.embedders.precision. `rerank`: "auto" (DBA and QE for
+    each source whose re-ranking rows fit retrieval.rerank.DBA_AUTO_MAX_BYTES), "on" or "off".
 
     model: an embedder spec (see retrieval.embedders.load_embedder), None/"auto" for the default,
     or "none" for a pixel-only index.
@@ -136,6 +137,9 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     size = check_pixel_size(DEFAULT_PIXEL_SIZE if pixel_size is None else pixel_size)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LookalikeError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    from .rerank import MODES as RERANK_MODES
+    if rerank not in RERANK_MODES:
+        raise LookalikeError(f"--rerank must be one of {', '.join(RERANK_MODES)}, got {rerank!r}")
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -180,7 +184,8 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
                                                             precision)
             manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url, old)
         from .rerank import build_library_side   # DBA from the current library (retrieval.rerank)
-        manifest.rerank = build_library_side(index_dir, manifest, token, chroma_url)
+        manifest.rerank = build_library_side(index_dir, manifest, token, chroma_url, rerank)
+        summary["rerank_skipped"] = manifest.rerank["skipped"]
         manifest.seal(index_dir)   # checksums of the rows and arrays, verified when the index is opened
         manifest.write(index_dir)
     except BaseException:

@@ -151,9 +151,16 @@ class Manifest:
         """Refuse an array that does not fit this manifest: rank, row count, width, dtype,
         finiteness and (for indexes that recorded one) the build-time checksum."""
         if path.name == self.pixels_file:
-            kind, width, dtypes = "pixel", self.pixel_size * self.pixel_size * 3, ("uint8",)
+            self._check(path, arr, "pixel", self.pixel_size * self.pixel_size * 3, ("uint8",), "pixel_size")
         else:
-            kind, width, dtypes = "embedding", (self.embedder or {}).get("dim"), ("float32", "float16")
+            self._check(path, arr, "embedding", (self.embedder or {}).get("dim"), ("float32", "float16"), "dim")
+
+    def check_dba(self, path: Path, arr: np.ndarray, width: int) -> None:
+        """The same checks for a re-ranking (DBA) array of `width` values per row (retrieval.rerank)."""
+        self._check(path, arr, "re-ranking (DBA)", width, ("float32",), "its source's vectors")
+
+    def _check(self, path: Path, arr: np.ndarray, kind: str, width: int | None, dtypes: tuple[str, ...],
+               width_from: str) -> None:
         def bad(what: str) -> IndexError_:
             return IndexError_(f"the {kind} array {path.name} is damaged: {what}; {REBUILD}")
         if arr.ndim != 2:
@@ -162,10 +169,10 @@ class Manifest:
             raise bad(f"it holds {arr.shape[0]} rows but the manifest lists {len(self.items)} images")
         if arr.shape[1] != width:
             raise bad(f"its rows have {arr.shape[1]} values, not the {width} that the manifest "
-                      f"({'pixel_size' if kind == 'pixel' else 'dim'}) implies")
+                      f"({width_from}) implies")
         if arr.dtype.name not in dtypes:
             raise bad(f"its values are {arr.dtype.name}, not {' or '.join(dtypes)}")
-        if kind == "embedding" and not np.isfinite(arr).all():
+        if kind != "pixel" and not np.isfinite(arr).all():
             raise bad(f"{int((~np.isfinite(arr)).any(axis=1).sum())} rows hold NaN or infinite values")
         want = self.checksums.get(path.name)
         if want is not None and want != array_checksum(arr):
@@ -174,7 +181,8 @@ class Manifest:
     def seal(self, index_dir: Path) -> None:
         """Record the checksums of the rows and of each array file this manifest names (at build
         time, just before the manifest is written), for check_array and read to verify on open."""
-        files = [self.pixels_file] + ([self.embedder["file"]] if self.embedder else [])
+        from .rerank import record_files
+        files = [self.pixels_file] + ([self.embedder["file"]] if self.embedder else []) + record_files(self.rerank)
         self.checksums = {"items": items_checksum(self.items),
                           **{f: array_checksum(np.load(Path(index_dir) / f, mmap_mode="r")) for f in files}}
 

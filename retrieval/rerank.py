@@ -41,6 +41,13 @@ SUFFIXES = ("+qe", "+dba", "+dba+qe")
 HNSW_SUFFIXES = ("+dba+qe",)    # through Chroma: a DBA collection, and QE by querying it again
 CHUNK_ROWS = 1024               # library rows per matrix product when computing DBA
 DBA_PREFIX_SUFFIX = "-dba"      # the Chroma collections of DBA vectors: <prefix>-dba-{l2,cosine}
+MODES = ("auto", "on", "off")   # --rerank: within the budget below, always, never
+# `--rerank auto` re-ranks a source only while its float32 re-ranking rows fit this budget: the build
+# writes them as the DBA file and the app holds them twice (plain and DBA rows). 512 MiB covers about
+# 43,000 images of 32x32 pixels, 105,000 effnet (1280-d) or 262,000 CLIP (512-d) vectors; the pixels
+# of the seed's 448x448 exceed it from 223 images on (DBA of the sample library there would be a 958 MB
+# file), and DBA's O(N^2 D) time grows with it (minutes at the bound on 2 cores).
+DBA_AUTO_MAX_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -226,19 +233,41 @@ def load_array(index_dir: Path, name: str | None) -> np.ndarray | None:
 
 
 # -- index time: the library side, recomputed from the current library at every build -------------
-def build_library_side(index_dir: Path, manifest: Any, token: str, chroma_url: str | None = None) -> dict[str, Any]:
+def dba_plan(rows: int, dim: int, mode: str = "auto", budget: int | None = None) -> str | None:
+    """Why a source of rows x dim vectors gets no re-ranking under `mode`, or None when it gets it."""
+    if mode not in MODES:
+        raise ValueError(f"rerank mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "off":
+        return "--rerank off"
+    need = rows * dim * 4
+    limit = DBA_AUTO_MAX_BYTES if budget is None else budget
+    if mode == "auto" and need > limit:
+        return (f"its float32 re-ranking rows would take {need / 2**20:,.0f} MiB ({rows:,} x {dim:,}), over "
+                f"the {limit / 2**20:,.0f} MiB that --rerank auto allows; --rerank on computes them anyway")
+    return None
+
+
+def build_library_side(index_dir: Path, manifest: Any, token: str, chroma_url: str | None = None,
+                       mode: str = "auto") -> dict[str, Any]:
     """DBA vectors of every source (pixels, and the embedder's), written beside the plain vectors,
     and, when the index has Chroma collections, synced into their own DBA collections. DBA depends
     on every image's neighbours, so after an incremental add or delete it is recomputed from the
-    whole current library (a matrix product per chunk: seconds for thousands of images)."""
+    whole current library (a matrix product per chunk: seconds for thousands of images). A source
+    over the `mode`'s budget (dba_plan) gets no re-ranked methods; the record says why."""
     index_dir = Path(index_dir)
     sources = [("pixel", manifest.pixels_file)]
     if manifest.embedder:
         sources.append((manifest.embedder["name"], manifest.embedder["file"]))
-    record: dict[str, Any] = {"sources": {}, "chosen_by": "k-fold table on the sample library (docs/evaluation.md)"}
+    record: dict[str, Any] = {"sources": {}, "skipped": {}, "mode": mode,
+                              "chosen_by": "k-fold table on the sample library (docs/evaluation.md)"}
     for source, fname in sources:
         s = settings_for(source)
         vectors = np.load(index_dir / fname, mmap_mode="r")
+        why = dba_plan(len(vectors), int(np.prod(vectors.shape[1:])), mode)
+        if why:
+            record["skipped"][source] = why
+            log.info("re-ranking: none for %s: %s", source, why)
+            continue
         side = library_side(vectors, s, manifest.pixel_size if source == "pixel" else None)
         name = f"dba-{source}.{token}.npy"
         atomic.save_npy(index_dir / name, side.dba)
@@ -246,7 +275,17 @@ def build_library_side(index_dir: Path, manifest: Any, token: str, chroma_url: s
         log.info("re-ranking: DBA for %s over %d images (%s)", source, len(vectors), describe(s))
         if source != "pixel" and manifest.chroma:
             record["chroma_prefix"] = sync_dba_chroma(index_dir, manifest, chroma_url, side.dba)
+    if manifest.chroma and "chroma_prefix" not in record:
+        drop_dba_chroma(index_dir, manifest, chroma_url)
     return record
+
+
+def drop_dba_chroma(index_dir: Path, manifest: Any, chroma_url: str | None) -> None:
+    """Delete the DBA collections an earlier build made, when this build re-ranks no embeddings."""
+    prefix = manifest.chroma["prefix"] + DBA_PREFIX_SUFFIX
+    url = chroma_url or manifest.chroma.get("url")
+    from .vectorstore import VectorStore
+    VectorStore.drop(path=None if url else Path(index_dir) / manifest.chroma["path"], url=url, prefix=prefix)
 
 
 def _digest(row: np.ndarray) -> str:
@@ -308,10 +347,13 @@ class Reranker:
             if source not in self._sides:
                 s = self.settings(source)
                 plain = self.index.pixels.data if source == "pixel" else self.index.embeddings.data
-                dba_rows = load_array(self.index.index_dir, self.record["sources"][source]["dba_file"])
-                if dba_rows is None or len(dba_rows) != len(plain):
-                    raise IndexError_(f"the re-ranking (DBA) file of {source} in {self.index.index_dir} is missing "
-                                      "or does not match the index; rerun build_index.py index")
+                name = self.record["sources"][source]["dba_file"]
+                dba_rows = load_array(self.index.index_dir, name)
+                if dba_rows is None:
+                    raise IndexError_(f"the re-ranking (DBA) file of {source} in {self.index.index_dir} is missing; "
+                                      "rerun build_index.py index")
+                width = int(np.prod(plain.shape[1:]))
+                self.index.manifest.check_dba(Path(self.index.index_dir) / name, dba_rows, width)
                 self._sides[source] = LibrarySide(space_rows(plain, s, self.pixel_size(source)),
                                                   np.asarray(dba_rows, dtype=np.float32))
             return self._sides[source]

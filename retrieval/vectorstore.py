@@ -92,6 +92,22 @@ class VectorStore:
     @classmethod
     def open(cls, path: Path | None = None, url: str | None = None, prefix: str = "lookalike") -> "VectorStore":
         """PersistentClient at `path` by default; HttpClient for url="http://HOST:PORT"."""
+        client, where = cls._connect(path, url)
+        return cls(client, prefix, where)
+
+    @classmethod
+    def drop(cls, path: Path | None = None, url: str | None = None, prefix: str = "lookalike") -> None:
+        """Delete this prefix's collections where they exist (creating nothing)."""
+        client, where = cls._connect(path, url)
+        with _translate(where):
+            held = {getattr(c, "name", c) for c in client.list_collections()}
+            for space in SPACES:
+                if f"{prefix}-{space}" in held:
+                    client.delete_collection(f"{prefix}-{space}")
+
+    @staticmethod
+    def _connect(path: Path | None, url: str | None) -> tuple[Any, str]:
+        """A Chroma client and the words that name it in errors."""
         import chromadb
         if url:
             parts = urlparse(url if "://" in url else f"http://{url}")
@@ -105,7 +121,7 @@ class VectorStore:
                 raise IndexError_(f"no Chroma server answers at {url} ({exc}); start one with "
                                   f"`chroma run --path DIR --host {parts.hostname} --port {port}` "
                                   "or drop --chroma-url to use the embedded store") from exc
-            return cls(client, prefix, url)
+            return client, url
         if path is None:
             raise IndexError_("VectorStore.open needs a path (embedded) or a url (server)")
         path = Path(path)
@@ -130,7 +146,7 @@ class VectorStore:
             else:
                 hint = "close other Chroma clients on this path (one writer process per path)"
             raise IndexError_(f"cannot open a Chroma database at {path}: {_clean(exc)}; {hint}") from None
-        return cls(client, prefix, str(path))
+        return client, str(path)
 
     def _name(self, space: str) -> str:
         return f"{self.prefix}-{space}"

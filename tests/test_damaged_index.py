@@ -211,3 +211,38 @@ def test_the_app_refuses_to_start_on_a_damaged_index_with_one_line(damaged):
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert lines[-1].startswith("error: the embedding array") and "rebuild the index" in lines[-1]
+
+
+# -- the re-ranking (DBA) arrays: checked when a re-ranked method first needs them ------------------
+
+def _dba_file(index: Path, source: str) -> Path:
+    return index / Manifest.read(index).rerank["sources"][source]["dba_file"]
+
+
+DBA_DAMAGES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "a changed value": (lambda a: a + np.eye(len(a), a.shape[1], dtype=a.dtype) * 1e-3,
+                        r"contents changed after the build"),
+    "a NaN row": (lambda a: _nan_row(a.astype(np.float32)), r"1 rows hold NaN or infinite values"),
+    "a missing row": (lambda a: a[:-1].copy(), r"holds 11 rows but the manifest lists 12"),
+    "the wrong width": (lambda a: a[:, :7].copy(), r"rows have 7 values, not the"),
+    "float64": (lambda a: a.astype(np.float64), r"values are float64, not float32"),
+}
+
+
+@pytest.mark.parametrize("source,method", [("pixel", "pixel-cosine+dba+qe"), ("effnet", "effnet-cosine+dba"),
+                                           ("effnet", "effnet-hnsw-cosine+dba+qe")])
+@pytest.mark.parametrize("damage", list(DBA_DAMAGES))
+def test_a_damaged_dba_array_is_refused_and_plain_methods_still_answer(built, tmp_path, source, method, damage):
+    data, index = built
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    path = _dba_file(copy, source)
+    edit, message = DBA_DAMAGES[damage]
+    np.save(path, edit(np.load(path)))
+    opened = LookalikeIndex.open(copy, data_dir=data)
+    query = sorted((data / "test").rglob("*.jpg"))[0]
+    with pytest.raises(IndexError_, match=r"re-ranking \(DBA\) array .*" + message) as err:
+        opened.search(query, method, k=3)
+    assert "rebuild the index" in str(err.value)
+    hits, _ = opened.search(query, f"{source}-cosine", k=3)
+    assert len(hits) == 3
