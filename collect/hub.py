@@ -376,14 +376,15 @@ def resolve_token(token: str | None = None) -> str | None:
 
 
 def stage_index(index_dir: Path, folder: Path) -> list[str]:
-    """Copy a built index into folder/index/ for upload: the manifest, the arrays it names, the
-    evaluation and the embedded Chroma store. The app downloads this folder on a Space."""
+    """Copy a built index into folder/index/ for upload: the manifest, the arrays it names (pixels,
+    embeddings, the re-ranked methods' DBA rows), the evaluation and the embedded Chroma store. The app downloads this folder on a Space."""
     from retrieval.manifest import Manifest
     from retrieval.paths import EVALUATION, MANIFEST
 
     index_dir = Path(index_dir)
     manifest = Manifest.read(index_dir)  # a clear error when there is no built index
-    names = [MANIFEST, manifest.pixels_file, EVALUATION]
+    from retrieval.rerank import record_files
+    names = [MANIFEST, manifest.pixels_file, EVALUATION, *record_files(manifest.rerank)]   # DBA rows too
     if manifest.embedder:
         names.append(manifest.embedder["file"])
     files = []

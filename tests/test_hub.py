@@ -209,3 +209,6 @@ def test_push_with_index_uploads_a_searchable_index(tmp_path: Path, data: Path, 
     query = next((restored / "test").rglob("*.*"))
     hits, _ = copy.search(query, "pixel-l1", k=3)
     assert len(hits) == 3 and all(h.path.is_file() for h in hits)
+    assert any(k.startswith("index/dba-pixel.") for k in staged)   # the re-ranked methods travel too
+    hits, _ = copy.search(query, "pixel-cosine+dba+qe", k=3)
+    assert len(hits) == 3
