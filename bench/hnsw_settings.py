@@ -154,10 +154,12 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=[f"{m}:{e}" for m, e in SETTINGS])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--ef-sweep", type=int, nargs="+", default=list(EF_SWEEP))
+    ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     settings = tuple(tuple(int(x) for x in s.split(":")) for s in args.settings)
-    print_result(run(tuple(args.sizes), settings, tuple(args.ef_sweep), queries=args.queries, workdir=args.workdir))
+    print_result(run(tuple(args.sizes), settings, tuple(args.ef_sweep), queries=args.queries, dim=args.dim,
+                     workdir=args.workdir))
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ SUITE: tuple[Bench, ...] = (
     # vectors_1m): about 25 min (16/100) and over an hour (48/300) of both cores; opt-in.
     Bench("hnsw_1m", "hnsw_settings", full={"sizes": (100_000, 1_000_000), "settings": ((16, 100), (48, 300)),
                                             "ef_sweep": (100, 200, 400, 800), "name": "hnsw_1m"}, default=False),
+    # The product's setting at 1M on 256-d vectors: what a smaller embedding buys (about 30 min; opt-in).
+    Bench("hnsw_1m_256d", "hnsw_settings", full={"sizes": (100_000, 1_000_000), "settings": ((32, 200),), "dim": 256,
+                                                 "ef_sweep": (100, 200, 400, 800), "name": "hnsw_1m_256d"},
+          default=False),
     Bench("streaming", "streaming", full={}, quick={"sizes": (64, 256), "side": 1024}),
     Bench("gpu", "gpu", full={}, quick={"limit": 16, "batch": 8, "seconds": 1.0}),
     Bench("rerank_speed", "rerank_speed", full={"queries": 30}, quick={"queries": 5, "fashion_train": 5000}),
