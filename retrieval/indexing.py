@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -310,14 +311,10 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
     a build killed from here until the new manifest is written leaves an index whose HNSW methods
     refuse with "rerun the build" instead of answering from collections that no longer match it.
     """
-    from .vectorstore import VectorStore
-
     record = {"mode": "server", "url": chroma_url} if chroma_url else {"mode": "embedded", "path": "chroma"}
     record["prefix"] = f"lookalike-{manifest.embedder['name']}-{manifest.embedder['dim']}"
-    store = VectorStore.open(path=None if chroma_url else index_dir / "chroma", url=chroma_url,
-                             prefix=record["prefix"])
+    store, held = _open_store(index_dir, chroma_url, record["prefix"], old)
     vectors = np.load(index_dir / manifest.embedder["file"], mmap_mode="r")
-    held = store.metadatas()
     wanted = {it["path"]: i for i, it in enumerate(manifest.items)}
     stale = [i for i in held if i not in wanted]
     rows = [i for p, i in wanted.items()
@@ -336,6 +333,29 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
                       for i in rows])
     log.info("chroma: %d upserted, %d deleted, %s", len(rows), len(stale), store.count())
     return {**record, "hnsw": _tune_hnsw(store, len(manifest.items))}
+
+
+def _open_store(index_dir: Path, chroma_url: str | None, prefix: str, old: Manifest | None) -> tuple[Any, dict]:
+    """The store and what it holds. An embedded store that cannot be read (vectorstore.ChromaDamaged)
+    is moved aside to chroma.damaged-<time>/, kept for the user, and a new one is filled from the
+    embeddings; the live manifest is marked `syncing` first, so HNSW refuses until the new one is in."""
+    from .vectorstore import ChromaDamaged, VectorStore
+    path = None if chroma_url else index_dir / "chroma"
+    try:
+        store = VectorStore.open(path=path, url=chroma_url, prefix=prefix)
+        return store, store.metadatas()
+    except ChromaDamaged as exc:
+        if path is None:
+            raise
+        if old is not None and old.chroma is not None:
+            old.chroma = {**old.chroma, "syncing": True}
+            old.write(index_dir)
+        aside = path.with_name(f"chroma.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+        path.rename(aside)
+        log.warning("the Chroma database in %s could not be read (%s); moved it to %s and rebuilding it from "
+                    "the stored embeddings (delete that folder when you no longer need it)", path, exc, aside.name)
+    store = VectorStore.open(path=path, url=None, prefix=prefix)
+    return store, store.metadatas()
 
 
 def _tune_hnsw(store, n: int) -> dict[str, int]:

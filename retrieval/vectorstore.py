@@ -47,10 +47,25 @@ _RUST_NOISE = re.compile(r"panicked at|RUST_BACKTRACE|^\s*thread '|^\s*stack bac
 _DAMAGED = ("malformed", "not a database", "code: 26", "code: 11", "corrupt", "no such table")
 
 
+class ChromaDamaged(IndexError_):
+    """The embedded Chroma database cannot be read. It is derived data (the embeddings are in the
+    index's own arrays), so the index build sets the folder aside and fills a new one."""
+
+
 def _clean(exc: BaseException) -> str:
     """An error's text on one line, without Rust panic lines (what users see)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not _RUST_NOISE.search(ln)]
     return (" ".join(lines) or type(exc).__name__)[:300]
+
+
+def _forget_client(path: Path) -> None:
+    """chromadb caches a client's system per folder even when starting it failed, and every later
+    client of that folder then gets the broken one ('no attribute bindings'): drop it, so a retry
+    (or the build's repair) opens the folder afresh."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+    for key in {str(path), str(Path(path).resolve())}:
+        SharedSystemClient._identifier_to_system.pop(key, None)
+        SharedSystemClient._identifier_to_refcount.pop(key, None)
 
 
 def _settings():
@@ -67,7 +82,8 @@ def _translate(where: str) -> Iterator[None]:
     except IndexError_:
         raise
     except (chromadb.errors.ChromaError, OSError, ValueError) as exc:
-        raise IndexError_(f"Chroma ({where}): {_clean(exc)}; {REBUILD}") from exc
+        kind = ChromaDamaged if any(word in str(exc).lower() for word in _DAMAGED) else IndexError_
+        raise kind(f"Chroma ({where}): {_clean(exc)}; {REBUILD}") from exc
     except Exception as exc:  # httpx transport errors when a server goes away mid-run
         if type(exc).__module__.startswith(("httpx", "httpcore")):
             raise IndexError_(f"the Chroma server ({where}) stopped answering: {_clean(exc)}; is `chroma run` "
@@ -76,8 +92,8 @@ def _translate(where: str) -> Iterator[None]:
     except BaseException as exc:   # pyo3's PanicException (a Rust panic) derives from BaseException
         if type(exc).__name__ != "PanicException":
             raise
-        raise IndexError_(f"Chroma ({where}) failed inside its Rust core ({_clean(exc)}); the collections "
-                          f"may be damaged: {REBUILD}") from None
+        raise ChromaDamaged(f"Chroma ({where}) failed inside its Rust core ({_clean(exc)}); the collections "
+                            f"may be damaged: {REBUILD}") from None
 
 
 class VectorStore:
@@ -131,13 +147,15 @@ class VectorStore:
         except BaseException as exc:   # pyo3's PanicException too
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                 raise
+            _forget_client(path)
             text = str(exc).lower()
             io = isinstance(exc, OSError) or "os error" in text
             if "disk is full" in text:
                 hint = "the disk is full: free some space and try again"
             elif any(word in text for word in _DAMAGED):
-                hint = (f"the Chroma database is damaged: delete the folder {path.name}/ in the index folder "
-                        f"and {REBUILD} (the exact methods do not need it)")
+                raise ChromaDamaged(f"cannot open a Chroma database at {path}: {_clean(exc)}; the Chroma database "
+                                    f"is damaged: {REBUILD}, which sets the folder {path.name}/ aside and fills a "
+                                    "new one from the stored embeddings (the exact methods do not need it)") from None
             elif "readonly" in text or "read-only" in text:
                 hint = ("Chroma writes to its folder even to read it: make the index folder writable, "
                         "or copy the index to a writable disk")

@@ -246,3 +246,30 @@ def test_a_damaged_dba_array_is_refused_and_plain_methods_still_answer(built, tm
     assert "rebuild the index" in str(err.value)
     hits, _ = opened.search(query, f"{source}-cosine", k=3)
     assert len(hits) == 3
+
+
+def test_the_build_sets_a_damaged_chroma_database_aside_and_fills_a_new_one(built, tmp_path, caplog):
+    """Chroma holds derived data (the embeddings are the index's own arrays): a rebuild repairs an
+    unreadable database without being asked to delete anything, and keeps the damaged folder."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+    from retrieval.indexing import build_index
+    data, index = built
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    garbage = b"this is not a database" * 200
+    (copy / "chroma" / "chroma.sqlite3").write_bytes(garbage)
+    SharedSystemClient.clear_system_cache()
+    with pytest.raises(IndexError_, match="the Chroma database is damaged: rerun `python build_index.py index`"):
+        LookalikeIndex.open(copy, data_dir=data).search(sorted((data / "test").rglob("*.jpg"))[0],
+                                                        "effnet-hnsw-cosine", k=3)
+    summary = build_index(data, copy, model="effnet", evaluate=False)
+    assert summary["embedded"] == 0                                      # nothing re-embedded
+    aside = list(copy.glob("chroma.damaged-*"))
+    assert len(aside) == 1 and (aside[0] / "chroma.sqlite3").read_bytes() == garbage   # kept as it was
+    assert "could not be read" in caplog.text and aside[0].name in caplog.text
+    opened = LookalikeIndex.open(copy, data_dir=data)
+    query = sorted((data / "test").rglob("*.jpg"))[0]
+    for method in ("effnet-hnsw-cosine", "effnet-hnsw-cosine+dba+qe"):
+        hits, _ = opened.search(query, method, k=3)
+        assert len(hits) == 3
+    assert not Manifest.read(copy).chroma.get("syncing")
