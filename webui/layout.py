@@ -169,9 +169,10 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
 
 
 def launch_options(index: LookalikeIndex) -> dict[str, Any]:
-    """launch() settings: serve only the library and the index folders; cap upload size."""
+    """launch() settings: serve only the library (the gallery's images; the index's arrays, lock and
+    manifest are nobody's download), and cap upload size."""
     from .limits import body_limit   # JSON bodies (data: URLs) are capped before they are queued
-    return {"allowed_paths": [str(index.data_dir.resolve()), str(index.index_dir.resolve())],
+    return {"allowed_paths": [str(index.data_dir.resolve())],
             "max_file_size": MAX_UPLOAD, "app_kwargs": {"middleware": body_limit()}}
 
 
