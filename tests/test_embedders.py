@@ -166,7 +166,7 @@ def test_backbone_vectors_and_no_text(effnet):
 @pytest.fixture
 def folder(tmp_path) -> tuple[list[Path], set[int]]:
     """Seven JPEG/PNG files with a corrupt one and an empty one among them."""
-    paths, bad = [], set()
+    paths = []
     for i, img in enumerate(_pictures(7)):
         p = tmp_path / f"{i}.{'jpg' if i % 2 else 'png'}"
         img.save(p)
