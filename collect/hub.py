@@ -377,7 +377,8 @@ def resolve_token(token: str | None = None) -> str | None:
 
 def stage_index(index_dir: Path, folder: Path) -> list[str]:
     """Copy a built index into folder/index/ for upload: the manifest, the arrays it names (pixels,
-    embeddings, the re-ranked methods' DBA rows), the evaluation and the embedded Chroma store. The app downloads this folder on a Space."""
+    embeddings, the re-ranked methods' DBA rows), the evaluation and the embedded Chroma store.
+    The app downloads this folder on a Space."""
     from retrieval.manifest import Manifest
     from retrieval.paths import EVALUATION, MANIFEST
 

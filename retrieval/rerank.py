@@ -263,7 +263,7 @@ def build_library_side(index_dir: Path, manifest: Any, token: str, chroma_url: s
     for source, fname in sources:
         s = settings_for(source)
         vectors = np.load(index_dir / fname, mmap_mode="r")
-        why = dba_plan(len(vectors), int(np.prod(vectors.shape[1:])), mode)
+        why = dba_plan(*vectors.shape, mode)
         if why:
             record["skipped"][source] = why
             log.info("re-ranking: none for %s: %s", source, why)
@@ -282,20 +282,25 @@ def build_library_side(index_dir: Path, manifest: Any, token: str, chroma_url: s
 
 def drop_dba_chroma(index_dir: Path, manifest: Any, chroma_url: str | None) -> None:
     """Delete the DBA collections an earlier build made, when this build re-ranks no embeddings."""
-    prefix = manifest.chroma["prefix"] + DBA_PREFIX_SUFFIX
-    url = chroma_url or manifest.chroma.get("url")
     from .vectorstore import VectorStore
-    VectorStore.drop(path=None if url else Path(index_dir) / manifest.chroma["path"], url=url, prefix=prefix)
+    VectorStore.drop(**_dba_location(index_dir, manifest.chroma, chroma_url),
+                     prefix=manifest.chroma["prefix"] + DBA_PREFIX_SUFFIX)
 
 
 def _digest(row: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest()
 
 
+def _dba_location(index_dir: Path, chroma: dict[str, Any], url: str | None) -> dict[str, Any]:
+    """Where the DBA collections live: beside the index's own (a given server, its recorded one, or
+    the embedded folder)."""
+    url = url or chroma.get("url")
+    return {"path": None if url else Path(index_dir) / chroma["path"], "url": url}
+
+
 def _dba_store(index_dir: Path, chroma: dict[str, Any], url: str | None, prefix: str):
     from .vectorstore import VectorStore
-    url = url or chroma.get("url")
-    return VectorStore.open(path=None if url else Path(index_dir) / chroma["path"], url=url, prefix=prefix)
+    return VectorStore.open(**_dba_location(index_dir, chroma, url), prefix=prefix)
 
 
 def sync_dba_chroma(index_dir: Path, manifest: Any, chroma_url: str | None, dba_rows: np.ndarray) -> str:
@@ -352,8 +357,7 @@ class Reranker:
                 if dba_rows is None:
                     raise IndexError_(f"the re-ranking (DBA) file of {source} in {self.index.index_dir} is missing; "
                                       "rerun build_index.py index")
-                width = int(np.prod(plain.shape[1:]))
-                self.index.manifest.check_dba(Path(self.index.index_dir) / name, dba_rows, width)
+                self.index.manifest.check_dba(Path(self.index.index_dir) / name, dba_rows, plain.shape[1])
                 self._sides[source] = LibrarySide(space_rows(plain, s, self.pixel_size(source)),
                                                   np.asarray(dba_rows, dtype=np.float32))
             return self._sides[source]

@@ -68,6 +68,10 @@ def _forget_client(path: Path) -> None:
         SharedSystemClient._identifier_to_refcount.pop(key, None)
 
 
+def _collection_name(prefix: str, space: str) -> str:
+    return f"{prefix}-{space}"
+
+
 def _settings():
     from chromadb.config import Settings
     return Settings(anonymized_telemetry=False)   # no phone-home from an offline machine or a Space
@@ -117,9 +121,9 @@ class VectorStore:
         client, where = cls._connect(path, url)
         with _translate(where):
             held = {getattr(c, "name", c) for c in client.list_collections()}
-            for space in SPACES:
-                if f"{prefix}-{space}" in held:
-                    client.delete_collection(f"{prefix}-{space}")
+            for name in (_collection_name(prefix, space) for space in SPACES):
+                if name in held:
+                    client.delete_collection(name)
 
     @staticmethod
     def _connect(path: Path | None, url: str | None) -> tuple[Any, str]:
@@ -167,7 +171,7 @@ class VectorStore:
         return client, str(path)
 
     def _name(self, space: str) -> str:
-        return f"{self.prefix}-{space}"
+        return _collection_name(self.prefix, space)
 
     def _collection(self, space: str) -> Any:
         col = self.client.get_or_create_collection(

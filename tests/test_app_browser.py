@@ -4,10 +4,9 @@ The screenshot goes to artifacts/browser/app.png, the folder CI keeps (named in 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from browser_support import chromium, needs_chromium
+from browser_support import ARTIFACTS, chromium, needs_chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -16,8 +15,6 @@ from webui.layout import serve
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts" / "browser"
 WAIT_S = 30
 
 pytestmark = needs_chromium

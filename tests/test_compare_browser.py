@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from browser_support import chromium, needs_chromium
+from browser_support import ARTIFACTS, chromium, needs_chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -18,8 +18,6 @@ from webui.layout import serve
 
 MARKS = (RIGHT, WRONG)
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts" / "browser"
 WAIT_S = 60
 
 pytestmark = needs_chromium
