@@ -9,11 +9,17 @@ small generated library, warms it up, then sends for `--seconds`, at the app's c
 concurrency (webui.layout: CONCURRENCY deep requests and PIXEL_CONCURRENCY pixel requests at
 once, one client thread per slot), a mix of:
   the hostile uploads of tests/bad_images.py ROUND2 (65000x3 and 3x65000 JPEGs, a 1,000,000x1 PNG,
-  a 64 Mpx 16-bit PNG): each must be answered with results;
+  a 64 Mpx 16-bit PNG) and ROUND3 (an 8000x8000 RGBA PNG, a 7000x7000 JPEG 2000): each must be
+  answered with results;
+  the refused uploads of ROUND3 (a looping EPS named .jpg, an ICO holding an 8000x8000 PNG, a
+  100,000-page TIFF, a PDF named .jpg): each must be refused with its own message;
   a data: URL of 40 MB (over the 32 MB upload cap): it must be refused with the cap's message;
   normal queries (test-split images): each answer must equal LookalikeIndex.rank on the same
-  index in this process (same files, same order, same scores).
-Reported: requests per kind, crashes (the server exited, or a traceback or MemoryError in its log),
+  index in this process (same files, same order, same scores);
+  and one more visitor, outside the slots, who downloads library images over the file= route
+  all along: each download must take under DOWNLOAD_LIMIT_S (the server stays responsive).
+A "busy, try again" refusal (the app's queue bound) is counted apart. Reported: requests per kind,
+timeouts, crashes (the server exited, or a traceback or MemoryError in its log),
 wrong answers, errors, and the server's peak memory (VmHWM, and VmRSS sampled every 0.2 s) against
 the budget. The budget per worker is what one app process may use: its warm baseline plus the
 decode pool (retrieval.images.DECODE_POOL_BYTES, which bounds every decode in flight together)
@@ -27,6 +33,7 @@ import base64
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,10 +46,13 @@ from typing import Any
 import requests
 
 from .common import ROOT, _status_kb, add_check, add_table, hwm_mb, machine_info, median_ms, p95_ms, result, rss_mb, stop_process
-from .soak import Expected, free_port, start_server
+from .soak import Expected, free_port, is_refusal, start_server
 
 REQUEST_TIMEOUT_S = 180.0
 DATA_URL_MB = 40
+DOWNLOAD_LIMIT_S = 1.0
+# The refused ROUND3 files sent (the others are refused the same way; these are the costly ones).
+REFUSED = ("eps-loop.jpg", "ico-8000-png.ico", "pages-100000.tif", "document.jpg")
 
 
 def _library(work: Path) -> Path:
@@ -55,10 +65,13 @@ def _library(work: Path) -> Path:
     return work / "index"
 
 
-def _hostile(work: Path) -> dict[str, Path]:
+def _hostile(work: Path) -> dict[str, tuple[Path, Any]]:
+    """{name: (path, bad_images.Case)} for every upload sent."""
     sys.path.insert(0, str(ROOT / "tests"))
     import bad_images
-    return bad_images.write_corpus(work / "hostile", bad_images.ROUND2)
+    cases = bad_images.ROUND2 + bad_images.ROUND3_HEAVY + tuple(c for c in bad_images.ROUND3 if c.name in REFUSED)
+    paths = bad_images.write_corpus(work / "hostile", cases)
+    return {c.name: (paths[c.name], c) for c in cases}
 
 
 def start_capped(index: Path, port: int, log_path: Path, cap_mb: int, timeout_s: float = 240) -> subprocess.Popen:
@@ -89,10 +102,11 @@ def _call(url: str, api: str, data: list[Any]) -> tuple[str, Any]:
 class Load:
     """The client side: one thread per concurrency slot, each its own gradio_client.Client."""
 
-    def __init__(self, url: str, expected: Expected, hostile: dict[str, Path], data_url: str) -> None:
+    def __init__(self, url: str, expected: Expected, hostile: dict[str, tuple[Path, Any]], data_url: str) -> None:
         self.url, self.expected, self.hostile, self.data_url = url, expected, hostile, data_url
         self.lock = threading.Lock()
         self.counts: Counter = Counter()
+        self.refused_busy = 0
         self.latency: dict[str, list[float]] = {}
         self.wrong: list[str] = []
         self.errors: list[str] = []
@@ -121,11 +135,8 @@ class Load:
                                            api_name=f"/search_{endpoint}").result(timeout=REQUEST_TIMEOUT_S)
                 self._note(kind, time.perf_counter() - t0, wrong=exp.check((str(query), full, 5), rows))
             elif kind == "hostile":
-                name, path = rng.choice(sorted(self.hostile.items()))
-                _, status, rows = client.submit(handle_file(str(path)), method, 5,
-                                                api_name=f"/search_{endpoint}").result(timeout=REQUEST_TIMEOUT_S)
-                wrong = None if len(rows) == 5 and "results in" in status else f"{name}: {status!r}"
-                self._note(f"hostile {name}", time.perf_counter() - t0, wrong=wrong)
+                name, (path, case) = rng.choice(sorted(self.hostile.items()))
+                self._note(f"hostile {name}", *self._hostile(client, endpoint, method, name, path, case, t0))
             else:
                 event, data = _call(self.url, f"search_{endpoint}",
                                     [{"path": None, "url": self.data_url, "meta": {"_type": "gradio.FileData"}}, method, 5])
@@ -133,8 +144,46 @@ class Load:
                     (event == "error" and "the limit is 32 MB, as for uploads" in json.dumps(data))
                 self._note(kind, time.perf_counter() - t0, wrong=None if ok else f"{event}: {str(data)[:200]}")
         except Exception as exc:   # counted, never hidden
+            if is_refusal(exc):    # "busy, try again": the app's queue bound, not a failure
+                with self.lock:
+                    self.refused_busy += 1
+                return
             name = kind if kind != "hostile" else f"hostile {name}"
             self._note(name, time.perf_counter() - t0, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    def _hostile(self, client: Any, endpoint: str, method: str, name: str, path: Path, case: Any,
+                 t0: float) -> tuple[float, str | None]:
+        """Send one hostile file: (seconds, what was wrong or None). An accepted case must get five
+        results; a refused one the refusal its Case names, as an error message."""
+        from gradio_client import handle_file
+        try:
+            _, status, rows = client.submit(handle_file(str(path)), method, 5,
+                                            api_name=f"/search_{endpoint}").result(timeout=REQUEST_TIMEOUT_S)
+        except Exception as exc:   # noqa: BLE001 - a refusal arrives as an AppError
+            if case.accepted or is_refusal(exc) or not re.search(case.message, str(exc)):
+                raise
+            return time.perf_counter() - t0, None
+        ok = case.accepted and len(rows) == 5 and "results in" in status
+        return time.perf_counter() - t0, None if ok else f"{name}: {status!r}"
+
+    def downloads(self, files: list[Path], deadline: float) -> None:
+        """Another visitor's file downloads, all along the load: each must stay under DOWNLOAD_LIMIT_S."""
+        i = 0
+        while time.monotonic() < deadline:
+            path = files[i % len(files)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                got = requests.get(f"{self.url}gradio_api/file={path}", timeout=REQUEST_TIMEOUT_S)
+                seconds = time.perf_counter() - t0
+                wrong = None if got.status_code == 200 and got.content == path.read_bytes() else \
+                    f"{path.name}: HTTP {got.status_code}, {len(got.content)} bytes"
+                if seconds > DOWNLOAD_LIMIT_S:
+                    wrong = f"{path.name}: {seconds:.2f} s"
+                self._note("download", seconds, wrong=wrong)
+            except Exception as exc:   # counted, never hidden
+                self._note("download", time.perf_counter() - t0, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            time.sleep(0.2)
 
     def user(self, seed: int, endpoint: str, deadline: float) -> None:
         from gradio_client import Client
@@ -189,6 +238,8 @@ def run(seconds: float = 60.0, cap_mb: int = 8192, budget_mb: int = 2560, seed: 
             deadline = time.monotonic() + seconds
             users = [threading.Thread(target=load.user, args=(seed + i, ep, deadline))
                      for i, ep in enumerate(["deep"] * CONCURRENCY + ["pixel"] * PIXEL_CONCURRENCY)]
+            library = sorted((opened.data_dir / "train").rglob("*.jpg"))[:10]
+            users.append(threading.Thread(target=load.downloads, args=(library, deadline)))
             for u in users:
                 u.start()
             for u in users:
@@ -213,21 +264,28 @@ def run(seconds: float = 60.0, cap_mb: int = 8192, budget_mb: int = 2560, seed: 
 
 def _report(res: dict[str, Any], load: Load, baseline: float | None, peak: float | None, end: float | None,
             samples: list[float], crashes: int, budget_mb: int, cap_mb: int, alive: bool) -> None:
-    rows = [[kind, n, round(median_ms(load.latency[kind])), round(p95_ms(load.latency[kind]))]
-            for kind, n in sorted(load.counts.items())]
+    rows = [[kind, n, round(median_ms(load.latency[kind])), round(p95_ms(load.latency[kind])),
+             round(1000 * max(load.latency[kind]))] for kind, n in sorted(load.counts.items())]
     add_table(res, "requests per kind (latencies in ms; clients and server share the machine)",
-              ["kind", "requests", "p50 ms", "p95 ms"], rows)
+              ["kind", "requests", "p50 ms", "p95 ms", "max ms"], rows)
+    timeouts = sum("Timeout" in e or "timed out" in e for e in load.errors)
+    downloads = load.latency.get("download", [])
     sampled = max(samples, default=0.0)
     add_table(res, "server memory (MB)", ["warm baseline RSS", "peak RSS sampled", "VmHWM (peak)", "end RSS",
                                           "budget", "address-space cap"],
               [[round(v) if v else v for v in (baseline, sampled, peak, end)] + [budget_mb, cap_mb]])
     res["figures"] = {"requests": sum(load.counts.values()), "crashes": crashes, "wrong": len(load.wrong),
-                      "errors": len(load.errors), "baseline_mb": baseline, "peak_mb": peak, "budget_mb": budget_mb,
+                      "errors": len(load.errors), "timeouts": timeouts, "refused_busy": load.refused_busy,
+                      "download_max_ms": round(1000 * max(downloads)) if downloads else None, "baseline_mb": baseline, "peak_mb": peak, "budget_mb": budget_mb,
                       "peak_over_baseline": round(peak / baseline, 2) if peak and baseline else None,
                       "peak_over_budget": round(peak / budget_mb, 2) if peak else None}
     add_check(res, "crashes", "0", str(crashes), crashes == 0 and alive)
     add_check(res, "wrong answers", "0", str(len(load.wrong)), not load.wrong)
     add_check(res, "errors (exceptions in the clients)", "0", str(len(load.errors)), not load.errors)
+    add_check(res, "timeouts", "0", str(timeouts), timeouts == 0)
+    add_check(res, "other visitors' file downloads", f"all < {DOWNLOAD_LIMIT_S * 1000:.0f} ms",
+              f"max {1000 * max(downloads):.0f} ms over {len(downloads)}" if downloads else "none made",
+              bool(downloads) and max(downloads) < DOWNLOAD_LIMIT_S)
     add_check(res, "peak memory (VmHWM)", f"<= {budget_mb} MB", f"{peak:.0f} MB ({peak / baseline:.2f}x the warm baseline)"
               if peak and baseline else "-", peak is not None and peak <= budget_mb)
     res["notes"] = [*load.wrong[:10], *load.errors[:10], *res["notes"],

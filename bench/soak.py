@@ -16,9 +16,11 @@ gradio_client.Client and picks, at random, one of:
 Every answer is checked: search rows must equal LookalikeIndex.rank on the same index in this
 process (same files in the same order, same scores), computed before the load starts. Requests are
 bounded (--max-requests per user, a timeout per request) and everything stops by itself.
-Reported: requests served per kind, errors (exceptions), wrong answers, p50/p95/max latency, and the
-server's memory (VmRSS after warm-up and at the end, VmHWM peak) read from /proc. Tracebacks in the
-server log count as errors. Exit status 1 when anything failed.
+A "busy, try again" refusal (the app's bound on queue waits, webui.admission) is counted and
+reported apart, not as an error. Reported: requests served per kind, errors (exceptions), wrong
+answers, refusals, p50/p95/max latency, and the server's memory (VmRSS after warm-up and at the
+end, VmHWM peak) read from /proc. Tracebacks in the server log count as errors. Exit status 1 when
+anything failed.
 """
 from __future__ import annotations
 
@@ -49,6 +51,15 @@ from .common import ROOT, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sampl
 KS = (1, 5, 10)
 PROMPTS = ("a red apple", "a bird on a branch", "a planet in space", "a wooden tool", "a flower")
 REQUEST_TIMEOUT_S = 120.0
+BUSY_WORD = "busy"            # the app's refusal past its wait bound says "the app is busy ..."
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A busy refusal: the queue was full or the wait too long (HTTP 503, which gradio_client raises
+    as QueueError), or the request waited past the bound in the queue (an error that says "busy")."""
+    from gradio_client.exceptions import AppError
+    from gradio_client.utils import QueueError
+    return isinstance(exc, QueueError) or (isinstance(exc, AppError) and BUSY_WORD in str(exc).lower())
 
 
 def free_port() -> int:
@@ -124,6 +135,7 @@ class Soak:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: list[str] = []
         self.wrong: list[str] = []
+        self.refused = 0
         kinds = ["pixel", "pixel", "file", "bad"]
         if expected.deep:
             kinds += ["deep", "deep"]
@@ -179,6 +191,10 @@ class Soak:
                     wrong = f"/etc/passwd answered HTTP {refused.status_code}"
             self._record(kind, time.perf_counter() - t0, wrong=wrong)
         except Exception as exc:  # counted and reported, never hidden
+            if is_refusal(exc):   # "busy, try again": the app's wait bound (webui.admission), not a failure
+                with self.lock:
+                    self.refused += 1
+                return
             self._record(kind, time.perf_counter() - t0, error=f"{type(exc).__name__}: {str(exc)[:300]}")
 
     def user(self, seed: int, deadline: float, max_requests: int) -> int:
@@ -272,6 +288,7 @@ def run(index: Path | None = None, clients: int = 20, seconds: float = 60.0, max
         "p95_ms": round(p95_ms(all_lat), 1) if all_lat else None,
         "throughput_rps": round(len(all_lat) / wall, 1),
         "errors": len(soak.errors) + tracebacks, "wrong": len(soak.wrong), "server_tracebacks": tracebacks,
+        "refused_busy": soak.refused,
         "error_examples": soak.errors[:5], "wrong_examples": soak.wrong[:5],
         "warmup_s": round(warmup_s, 1),
         "server_rss_mb": {"after_warmup": round(rss_start or 0, 1), "end": round(rss_end or 0, 1),
@@ -296,7 +313,8 @@ def main() -> int:
     print(json.dumps(res, indent=1))
     m = res["server_rss_mb"]
     print(f"\n{res['requests']} requests from {res['clients']} users in {res['seconds']} s "
-          f"({res['throughput_rps']}/s): {res['errors']} errors, {res['wrong']} wrong answers; "
+          f"({res['throughput_rps']}/s): {res['errors']} errors, {res['wrong']} wrong answers, "
+          f"{res['refused_busy']} refused as busy; "
           f"p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms; server RSS {m['after_warmup']} MB after warm-up, "
           f"{m['end']} MB at the end, peak {m['peak_hwm']} MB")
     if args.json:

@@ -6,8 +6,9 @@ As in the seed, each search term is a class (the seed's merge step keys classes 
 Rules, and why:
 - raw/ is the downloader's cache and is never modified (so a re-download is never triggered by
   cleaning). clean/ is derived from it; re-running gives the same clean/ (idempotent).
-- An image is rejected when it is not an image, is corrupt or truncated, is larger than the
-  decompression-bomb limit (`retrieval.images.MAX_PIXELS`), is smaller than
+- An image is rejected when the decoder (`retrieval.images.load_image`) refuses it, whatever the
+  cause: not an image, an unsupported format, corrupt or truncated, over its size or decode
+  limits (the reason is the decoder's message); when it is smaller than
   `min_side` on either side (the seed's 50 px), or has the same bytes as one already kept
   (first in sorted path order wins). Rejects are copied to quarantine/<reason>/<category>/<term>/
   and logged in quarantine/reasons.jsonl; nothing is deleted silently.
@@ -37,12 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from retrieval.atomic import atomic_path, remove_leftovers, write_bytes, write_json
 from retrieval.errors import ImageError, LibraryError
-from retrieval.images import MAX_PIXELS, load_image
+from retrieval.image_formats import OPENERS, frames_at_most
+from retrieval.images import load_image
 from retrieval.library import inside_root
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,16 @@ class CleanReport:
     rejected: Counter = field(default_factory=Counter)   # reason -> files (this run's view of raw/)
     quarantined: int = 0                                 # files newly placed in quarantine/
     classes: dict[str, int] = field(default_factory=dict)
+    rejects: list[dict[str, str]] = field(default_factory=list)   # {"path": raw rel, "kind": reason}
+
+    def reject_lines(self, quarantine_dir: Path) -> list[str]:
+        """Counts by reason with a few examples (retrieval.library.summarize_skips: one bounded line
+        however many), and where the full list is."""
+        if not self.rejects:
+            return []
+        from retrieval.library import summarize_skips
+        return [f"  {summarize_skips(self.rejects)}; every reject with its reason: "
+                f"{Path(quarantine_dir) / REASONS_LOG}"]
 
     def summary(self) -> str:
         rej = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
@@ -71,30 +83,38 @@ class CleanReport:
 def inspect_image(data: bytes, name: str) -> tuple[dict[str, Any], Image.Image | None]:
     """Check one file's bytes: ({status, detail, width, height, format, mode, convert}, decoded image).
 
-    The header is read with PIL only to learn the format and mode (and to tell "not an image" from
-    "corrupt"); the pixels are decoded by `load_image`, like everywhere else.
+    The pixels are decoded by `load_image` first, like everywhere else: its format allowlist and
+    bounds decide, and whatever fails there is an ImageError, so every decoder failure is a
+    rejected file with its reason, never a crash. Only a file it accepted is opened again (same
+    allowed formats) to learn its format, mode and whether it is animated.
     """
     if not data:
         return {"status": "not_image", "detail": "empty file (0 bytes)"}, None
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            fmt, mode, frames = header.format, header.mode, getattr(header, "n_frames", 1)
-            width, height = header.size
-    except UnidentifiedImageError:
-        return {"status": "not_image", "detail": "no known image format"}, None
-    except Image.DecompressionBombError as exc:
-        return {"status": "too_large", "detail": f"possible decompression bomb: {exc}"[:200]}, None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return {"status": "corrupt", "detail": str(exc)[:200]}, None
-    if width * height > MAX_PIXELS:   # refused before decoding, like load_image does
-        return {"status": "too_large", "detail": f"{width}x{height} is over {MAX_PIXELS / 1e6:.0f} Mpx"}, None
-    try:
         img = load_image(data, name=name)
     except ImageError as exc:
-        return {"status": "corrupt", "detail": str(exc)[:200]}, None
-    convert = mode != "RGB" or fmt not in KEEP_FORMATS or frames > 1
+        return {"status": reject_reason(str(exc)), "detail": str(exc)[:200]}, None
+    try:
+        with Image.open(io.BytesIO(data), formats=OPENERS) as header:
+            fmt, mode, animated = header.format, header.mode, frames_at_most(header, 1) > 1
+    except Exception as exc:   # noqa: BLE001 (a header the decoder took but a second read trips on)
+        return {"status": "corrupt", "detail": f"{type(exc).__name__}: {exc}"[:200]}, None
+    convert = mode != "RGB" or fmt not in KEEP_FORMATS or animated
     return {"status": "ok", "detail": "", "width": img.width, "height": img.height,
             "format": fmt, "mode": mode, "convert": convert}, img
+
+
+def reject_reason(message: str) -> str:
+    """The quarantine folder for a decoder refusal (ImageError message): not_image,
+    unsupported_format, too_large or corrupt."""
+    text = message.lower()
+    if "not an image" in text:
+        return "not_image"
+    if "unsupported image format" in text:
+        return "unsupported_format"
+    if any(k in text for k in ("decompression bomb", "too large", "to decode", "limit for icons", "frames or pages")):
+        return "too_large"
+    return "corrupt"
 
 
 def _output_name(stem: str, info: dict[str, Any]) -> str:
@@ -214,6 +234,7 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
             reason, detail = "duplicate", f"same bytes as {first_seen[sha]}"
         if reason != "ok":
             report.rejected[reason] += 1
+            report.rejects.append({"path": rel, "kind": reason})
             quarantine.put(path, rel, reason, detail, f"raw/{rel}", move=False)
             continue
         first_seen[sha] = rel

@@ -13,6 +13,7 @@ from pathlib import Path
 from retrieval.cli import add_index_build_options, cmd_index
 from retrieval.errors import LookalikeError
 from retrieval.paths import ARTIFACTS, DEFAULT_DATA, DEFAULT_INDEX
+from retrieval.runner import DONE_WITH_SKIPS
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ def _download_args(p: argparse.ArgumentParser) -> None:
                    help="redirect hops to follow, each checked for http/https (default: %(default)s)")
     g.add_argument("--retry-failed", action="store_true",
                    help="also retry URLs that failed for good last time (404, not an image, ...)")
+    g.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST[:PORT]",
+                   help="download from this host even though it is on a loopback, private or link-local "
+                        "address (a local mirror); repeatable. Every other such address is refused")
 
 
 def _clean_args(p: argparse.ArgumentParser) -> None:
@@ -146,9 +150,11 @@ def cmd_download(args: argparse.Namespace) -> int:
     config = DownloadConfig(workers=args.download_workers, delay=args.delay, connect_timeout=args.connect_timeout,
                             read_timeout=args.read_timeout, retries=args.retries,
                             max_bytes=int(args.max_mb * 2 ** 20), max_redirects=args.max_redirects,
-                            retry_failed=args.retry_failed)
+                            retry_failed=args.retry_failed, allow_hosts=tuple(args.allow_hosts))
     report = download_images(args.urls, args.raw, config)
     print(f"download: {report.summary()} -> {args.raw}")
+    for line in report.failures():
+        print(line)
     return 0
 
 
@@ -157,6 +163,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     report = clean_images(args.raw, args.clean, args.quarantine, min_side=args.min_side,
                           near_duplicates=args.near_duplicates, near_threshold=args.near_threshold)
     print(f"clean: {report.summary()} -> {args.clean} (rejects in {args.quarantine})")
+    for line in report.reject_lines(args.quarantine):
+        print(line)
     return 0
 
 
@@ -198,13 +206,17 @@ def cmd_all(args: argparse.Namespace) -> int:
     if not args.no_hub:  # last, so the Space can download the built index with the library
         args.push_index = args.index
         stages += [("push", cmd_push)]
+    final = 0
     for name, stage in stages:
         log.info("== stage %s ==", name)
         rc = stage(args)
+        if name == "index" and rc == DONE_WITH_SKIPS:   # a usable index: push it, report the skips at the end
+            final = rc
+            continue
         if rc:
             log.error("stage %s failed (exit %d); fix it and re-run: finished stages are not redone", name, rc)
             return rc
-    return 0
+    return final
 
 
 def _stage(sub: "argparse._SubParsersAction", name: str, func, summary: str, description: str,

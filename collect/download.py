@@ -9,11 +9,16 @@ Why each rule is here:
   whole host, not just one thread.
 - One GET per image, streamed, no HEAD probe. Redirects are followed by hand (at most
   `max_redirects` hops) so that every hop's scheme is checked: only http and https are fetched.
+- Only public addresses are contacted (collect.netguard): every hop's host is resolved and each of
+  its addresses checked before the request (loopback, private, link-local, metadata ... are
+  `blocked_address`), and the connection itself connects only to addresses it checked
+  (collect.transport). `allow_hosts` / LOOKALIKE_ALLOW_PRIVATE_HOSTS opt a local mirror in.
 - The body must be `image/*`, under `max_bytes` (streaming stops as soon as it is exceeded) and must
   decode through `retrieval.images.load_image`; only then is it written, atomically.
 - File names never come from the URL: `sha1(url)[:16]` plus an extension from a fixed list, under
   sanitised category and term folders whose resolved path is checked to be inside raw/.
-- `raw/manifest.json` (written atomically, every few seconds and at the end) maps each
+- `raw/manifest.json` (written atomically: at the start, within `checkpoint_s` of any finished URL
+  even while other downloads hang, on Ctrl-C or SIGTERM before the rest is cut short, and at the end) maps each
   (category, term, url) to its file and status. A re-run skips files already present and failures
   that a retry cannot fix (404, not an image, ...); transient failures (timeouts, 5xx, 429,
   truncated bodies, connection errors) are tried again.
@@ -21,16 +26,14 @@ Why each rule is here:
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import unicodedata
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -41,15 +44,15 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from tqdm import tqdm
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 
 from retrieval.atomic import remove_leftovers, write_bytes, write_json
 from retrieval.errors import ImageError, LookalikeError
 from retrieval.images import IMAGE_EXTENSIONS, check_image
+
+from .netguard import BlockedAddress, allowed_entries, checked_addresses
+from .transport import Deadline, DeadlineAdapter, current, malformed_headers, terminate_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,8 @@ CONTENT_TYPE_EXT = {
 OK = "ok"
 # Failures a re-run cannot fix by trying again (unless asked with retry_failed).
 PERMANENT = frozenset({"bad_url", "bad_scheme", "bad_content_type", "not_image", "too_large",
-                       "too_many_redirects", "unsafe_path", "bad_encoding", "bad_headers"})
+                       "too_many_redirects", "unsafe_path", "bad_encoding", "bad_headers",
+                       "blocked_address"})
 
 
 def is_permanent(status: str) -> bool:
@@ -99,6 +103,7 @@ class DownloadConfig:
     checkpoint_s: float = 10.0      # manifest written at least this often during a run
     retry_failed: bool = False      # also retry permanent failures (404, not_image, ...)
     user_agent: str = USER_AGENT
+    allow_hosts: tuple[str, ...] = ()   # HOST or HOST:PORT opted in despite a non-public address (netguard)
 
     def __post_init__(self) -> None:
         # A bad knob must fail loudly: retries=-1 would record every URL as a permanent failure
@@ -130,6 +135,22 @@ class DownloadReport:
     fetched: int = 0                                   # URLs requested from the network this run
     skipped: int = 0                                   # URLs settled by an earlier run
     manifest: Path | None = None
+
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path": url, "kind": status} not ok
+
+    def note(self, record: dict[str, Any]) -> None:
+        """Count one manifest record (this run's view of its URL)."""
+        self.counts[record["status"]] += 1
+        if record["status"] != OK:
+            self.failed.append({"path": record["url"][:200], "kind": record["status"]})
+
+    def failures(self) -> list[str]:
+        """Counts by reason and a few examples (retrieval.library.summarize_skips: one bounded line
+        however many failed), and where the full list with every reason is."""
+        if not self.failed:
+            return []
+        from retrieval.library import summarize_skips
+        return [f"  {summarize_skips(self.failed)}; every url with its status and reason: {self.manifest}"]
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -280,103 +301,6 @@ def _interleave_by_host(jobs: list[Key]) -> list[Key]:
     return [job for batch in zip_longest(*by_host.values()) for job in batch if job is not None]
 
 
-# ---- the total timeout ----------------------------------------------------------------------
-# requests' read timeout bounds each silence, not the whole transfer: a server that drips one byte
-# every few seconds (in the body or in its headers) never trips it. `_Deadline` does: a timer shuts
-# the attempt's socket down at the total timeout, and the blocked read returns at once. The socket
-# is found through our own urllib3 connection classes, which hand it over just before the
-# response headers are read.
-_current = threading.local()
-
-
-class _Deadline:
-    """One attempt's total time budget; fired means the socket was shut down at the deadline."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.fired, self.at = seconds, False, None
-        self._sock: socket.socket | None = None
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        """Start the clock (at the first request: waiting for the host's politeness slot is free)."""
-        if self._timer is None:
-            self.at = time.monotonic() + self.seconds
-            self._timer = threading.Timer(self.seconds, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def watch(self, sock: socket.socket | None) -> None:
-        with self._lock:
-            self._sock = sock
-            if self.fired:
-                self._shutdown()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-
-class _Watched:
-    def getresponse(self, *args: Any, **kwargs: Any):
-        deadline = getattr(_current, "deadline", None)
-        if deadline is not None:
-            deadline.watch(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class _WatchedHTTP(_Watched, HTTPConnection):
-    pass
-
-
-class _WatchedHTTPS(_Watched, HTTPSConnection):
-    pass
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTP
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPS
-
-
-class _DeadlineAdapter(HTTPAdapter):
-    """An HTTPAdapter whose connections report their socket to the thread's current _Deadline."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-
-
-def _malformed_headers(exc: BaseException) -> bool:
-    """True when a ConnectionError comes from headers http.client refused (over-long, too many),
-    not from a dropped connection (RemoteDisconnected is an HTTPException too, and transient)."""
-    seen, todo = set(), [exc]
-    while todo:
-        err = todo.pop()
-        if id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, http.client.HTTPException) and not isinstance(err, ConnectionError):
-            return not isinstance(err, http.client.IncompleteRead)
-        todo += [a for a in getattr(err, "args", ()) if isinstance(a, BaseException)]
-        todo += [e for e in (err.__cause__, err.__context__) if e is not None]
-    return False
-
-
 class Downloader:
     """Downloads jobs (category, term, url) into raw_dir; see the module docstring for the rules."""
 
@@ -387,6 +311,9 @@ class Downloader:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+        self._stopping = False
+        self._active: set[Deadline] = set()      # attempts in flight, cut short on an interruption
+        self._active_lock = threading.Lock()
 
     # ---- network
     def _session(self) -> requests.Session:
@@ -394,7 +321,7 @@ class Downloader:
         if session is None:
             session = requests.Session()
             for prefix in ("http://", "https://"):
-                session.mount(prefix, _DeadlineAdapter())
+                session.mount(prefix, DeadlineAdapter())
             session.headers.update({"User-Agent": self.config.user_agent, "Accept": "image/*"})
             self._local.session = session
             with self._sessions_lock:
@@ -412,6 +339,8 @@ class Downloader:
         cfg = self.config
         outcome = Outcome("bad_url")
         for attempt in range(cfg.retries + 1):
+            if self._stopping:
+                return Outcome("interrupted", "the run was interrupted"), None, ""
             outcome, body, ctype, retry_in = self._attempt(url, attempt)
             outcome.attempts = attempt + 1
             if retry_in is None or attempt == cfg.retries:
@@ -422,13 +351,17 @@ class Downloader:
     def _attempt(self, url: str, attempt: int) -> tuple[Outcome, bytes | None, str, float | None]:
         """One try, following redirects by hand. The last value is the wait before a retry, or None;
         when there is one, the host that asked for it is rested that long (every thread waits)."""
-        deadline = _Deadline(self.config.total_timeout)
-        _current.deadline = deadline
+        deadline = Deadline(self.config.total_timeout)
+        current.deadline, current.allow = deadline, self._allow()
+        with self._active_lock:
+            self._active.add(deadline)
         try:
             result = self._hops(url, attempt, deadline)
         finally:
             deadline.cancel()
-            _current.deadline = None
+            current.deadline = current.allow = None
+            with self._active_lock:
+                self._active.discard(deadline)
         if deadline.fired:   # whatever the read then raised or returned, the cause is the deadline
             self._drop_session()
             return (Outcome("timeout", f"over the total timeout of {self.config.total_timeout:g}s "
@@ -443,7 +376,7 @@ class Downloader:
             self._local.session = None
 
     def _hops(self, url: str, attempt: int,
-              deadline: _Deadline) -> tuple[Outcome, bytes | None, str, float | None]:
+              deadline: Deadline) -> tuple[Outcome, bytes | None, str, float | None]:
         """_attempt's body: each redirect hop through the host's politeness slot."""
         cfg = self.config
         current = url
@@ -454,17 +387,22 @@ class Downloader:
             if not parts.hostname:
                 return Outcome("bad_url", f"no host in {current[:200]}"), None, "", None
             host = parts.hostname.lower()
+            refused = self._refused(host, parts, current)
+            if refused is not None:
+                return refused, None, "", None
             try:
                 with self.limiter.slot(host):
                     deadline.start()
                     resp = self._session().get(current, stream=True, allow_redirects=False,
                                                timeout=(cfg.connect_timeout, cfg.read_timeout))
+            except BlockedAddress as exc:    # the name answered differently at connect time (rebinding)
+                return Outcome("blocked_address", f"{current[:200]}: {exc}"), None, "", None
             except requests.exceptions.ContentDecodingError as exc:
                 return Outcome("bad_encoding", str(exc)[:200]), None, "", None
             except requests.Timeout as exc:
                 return Outcome("timeout", str(exc)[:200]), None, "", None
             except requests.ConnectionError as exc:
-                if _malformed_headers(exc):   # e.g. a 100 kB header line: the server will send it again
+                if malformed_headers(exc):   # e.g. a 100 kB header line: the server will send it again
                     return Outcome("bad_headers", str(exc)[:200]), None, "", None
                 self.limiter.defer(host, self._backoff(attempt))
                 return Outcome("connection_error", str(exc)[:200]), None, "", self._backoff(attempt)
@@ -484,6 +422,21 @@ class Downloader:
                 self.limiter.defer(host, result[3])
             return result
         return Outcome("too_many_redirects", f"more than {cfg.max_redirects} redirects"), None, "", None
+
+    def _allow(self) -> frozenset[tuple[str, int | None]]:
+        return allowed_entries(self.config.allow_hosts)
+
+    def _refused(self, host: str, parts: Any, url: str) -> Outcome | None:
+        """blocked_address when the hop's host resolves to any non-public address (collect.netguard);
+        a name that does not resolve is left to the request, which reports it as a connection error."""
+        try:
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            checked_addresses(host, port, self._allow())
+        except BlockedAddress as exc:
+            return Outcome("blocked_address", f"{url[:200]}: {exc}")
+        except (OSError, ValueError, UnicodeError):   # unresolvable name, bad port: the request says so
+            pass
+        return None
 
     def _backoff(self, attempt: int) -> float:
         return self.config.backoff * 2 ** attempt
@@ -550,8 +503,9 @@ class Downloader:
 
     # ---- a whole run
     def run(self, jobs: Iterable[Key], *, progress: bool = True) -> DownloadReport:
-        """Download every job not already settled; the manifest is checkpointed and always saved."""
-        cfg = self.config
+        """Download every job not already settled. The manifest is written at the start, within
+        `checkpoint_s` of any finished URL (even while other downloads hang), and on an interruption
+        (Ctrl-C, SIGTERM) before the downloads in flight are cut short: a re-run resumes."""
         manifest_path = self.raw_dir / MANIFEST_NAME
         if remove_leftovers(self.raw_dir, recursive=True):  # temporaries of a run that was killed
             log.info("removed temporary files left in %s by an interrupted run", self.raw_dir)
@@ -565,35 +519,66 @@ class Downloader:
             else:
                 records[key] = settled
                 report.skipped += 1
-                report.counts[settled["status"]] += 1
+                report.note(settled)
         log.info("download: %d urls to fetch, %d settled by earlier runs", len(todo), report.skipped)
-        if not todo:
-            save_manifest(manifest_path, records)
-            return report
-        last_save = time.monotonic()
-        executor = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="download")
-        try:
-            futures = {executor.submit(self.download, *key): key for key in _interleave_by_host(todo)}
-            for future in tqdm(as_completed(futures), total=len(futures), desc="downloading",
-                               unit="img", disable=not progress):
-                key = futures[future]
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # a bug or disk error: record it, keep the others going
-                    log.exception("%s failed unexpectedly", key[2])
-                    outcome = Outcome("error", f"{type(exc).__name__}: {exc}"[:200])
-                records[key] = self._record(key, outcome)
-                report.fetched += 1
-                report.counts[outcome.status] += 1
-                if time.monotonic() - last_save >= cfg.checkpoint_s:
-                    save_manifest(manifest_path, records)
-                    last_save = time.monotonic()
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
-            self.close()
-            save_manifest(manifest_path, records)
+        save_manifest(manifest_path, records)
+        if todo:
+            self._run_pool(todo, records, report, manifest_path, progress)
         log.info("download: %s; manifest %s", report.summary(), manifest_path)
         return report
+
+    def _run_pool(self, todo: list[Key], records: dict[Key, dict[str, Any]], report: DownloadReport,
+                  manifest_path: Path, progress: bool) -> None:
+        """run()'s thread pool: collects outcomes, checkpoints the manifest, handles interruptions."""
+        cfg = self.config
+        executor = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="download")
+        bar = tqdm(total=len(todo), desc="downloading", unit="img", disable=not progress)
+        last_save, dirty = time.monotonic(), False
+        self._stopping = False
+        try:
+            with terminate_as_interrupt():
+                futures = {executor.submit(self.download, *key): key for key in _interleave_by_host(todo)}
+                pending = set(futures)
+                while pending:   # wakes every checkpoint_s, so a hung download cannot delay a save
+                    done, pending = wait(pending, timeout=cfg.checkpoint_s, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        key = futures[future]
+                        records[key] = self._record(key, self._outcome(future, key))
+                        report.fetched += 1
+                        report.note(records[key])
+                        bar.update()
+                        dirty = True
+                    if dirty and time.monotonic() - last_save >= cfg.checkpoint_s:
+                        save_manifest(manifest_path, records)
+                        last_save, dirty = time.monotonic(), False
+        except BaseException:
+            save_manifest(manifest_path, records)   # first what is done, then stop what is not
+            log.warning("download interrupted: %d finished urls saved in %s; run again to resume",
+                        len(records), manifest_path)
+            self._abort(executor)
+            raise
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+            self.close()
+            save_manifest(manifest_path, records)
+
+    @staticmethod
+    def _outcome(future: Any, key: Key) -> Outcome:
+        try:
+            return future.result()
+        except Exception as exc:  # a bug or disk error: record it, keep the others going
+            log.exception("%s failed unexpectedly", key[2])
+            return Outcome("error", f"{type(exc).__name__}: {exc}"[:200])
+
+    def _abort(self, executor: ThreadPoolExecutor) -> None:
+        """Cancel queued jobs and cut the attempts in flight short (their deadline fires now)."""
+        self._stopping = True
+        executor.shutdown(wait=False, cancel_futures=True)
+        with self._active_lock:
+            active = list(self._active)
+        for deadline in active:
+            deadline.fire()
 
     def _settled(self, key: Key, record: dict[str, Any] | None) -> dict[str, Any] | None:
         """The record to keep without fetching, or None when the URL must be fetched (again)."""

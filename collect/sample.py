@@ -31,6 +31,7 @@ from tqdm import tqdm
 from retrieval.atomic import write_bytes, write_json
 from retrieval.attribution import licence_id, make_record, read_attribution, write_attribution
 from retrieval.errors import ImageError, LibraryError
+from retrieval.image_formats import OPENERS
 from retrieval.images import load_image
 from retrieval.paths import ATTRIBUTION, DEFAULT_DATA
 
@@ -287,7 +288,7 @@ def _select(candidates: list[Candidate], *, min_side: int, max_per_class: int) -
         data = cand.read()
         cand.digest = hashlib.sha256(data).hexdigest()
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=OPENERS) as img:   # the decoder's allowlist
                 cand.size = img.size
         except (OSError, ValueError) as exc:
             log.warning("skipping %s: not a readable image (%s)", cand.original, exc)

@@ -196,7 +196,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     for n, g in enumerate(report.groups, 1):
         sim = (f"{g.min_similarity:.3f}" if g.min_similarity == g.max_similarity
                else f"{g.min_similarity:.3f}-{g.max_similarity:.3f}")
-        print(f"group {n}: {len(g.rows)} images, similarity {sim}")
+        print(f"group {n}: {len(g.rows)} images, " + ("exact copies (same bytes)" if g.all_exact else f"similarity {sim}"))
         for row in g.rows:
             print(f"  {index.paths[row]}")
     return 0
@@ -211,6 +211,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                           precision=getattr(args, "precision", "auto"), rerank=getattr(args, "rerank", "auto"))
     print(f"indexed {summary['images']} images at {summary['pixel_size']}px "
           f"({summary['embedded']} embedded, {len(summary['skipped'])} skipped) -> {args.index}")
+    rc = _report_skips(summary, args.index)
     for source, why in summary.get("rerank_skipped", {}).items():
         print(f"no re-ranked methods for {source}: {why}")
     if "evaluation_note" in summary:
@@ -220,7 +221,28 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(format_table(summary["evaluation"]))
     elif "evaluation_skipped" in summary:
         print(f"evaluation skipped: {summary['evaluation_skipped']}")
-    return 0
+    return rc
+
+
+def _report_skips(summary: dict, index: Path) -> int:
+    """A bounded report of the skipped files (counts by reason, a few examples; the full list is
+    in the manifest) and the exit code: DONE_WITH_SKIPS when some could not be read."""
+    from .library import summarize_skips
+    from .paths import MANIFEST
+    from .runner import DONE_WITH_SKIPS
+    changed = summary.get("changed_during_build") or []
+    if changed:
+        print(f"{len(changed)} files changed while the build read them (e.g. {', '.join(changed[:3])}): each is "
+              "indexed as one version, the one read; a later change is picked up by the next build")
+    if not summary["skipped"]:
+        return 0
+    print(f"{summarize_skips(summary['skipped'])}; the full list is under \"skipped\" in {Path(index) / MANIFEST}")
+    if not summary.get("unread"):
+        return 0
+    print(f"{summary['unread']} of the skipped files could not be read (they disappeared or changed during the "
+          "build, or access was denied): the index holds the rest; rerun the build, after fixing access, to "
+          f"index them (exit code {DONE_WITH_SKIPS})")
+    return DONE_WITH_SKIPS
 
 
 def add_precision_option(p: "argparse.ArgumentParser | argparse._ArgumentGroup", what: str) -> None:

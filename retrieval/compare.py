@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import LookalikeError
 from .evaluate import average_precision
-from .images import ImageSource, load_image, resize_pixels
+from .images import QUERY_SIDE, ImageSource, load_image, resize_pixels
 from .metrics import METRICS
 from .search import Hit, LookalikeIndex, Method, check_k
 
@@ -142,7 +142,7 @@ def compare(index: LookalikeIndex, query: ImageSource, methods: Sequence[str] | 
     parsed = [index.parse_method(x) for x in names]
     if not parsed:
         raise LookalikeError("no methods to compare")
-    image = load_image(query, name=name)
+    image = load_image(query, name=name, reduce_to=QUERY_SIDE)
     skip = index.self_rows(query) if exclude_self else set()
     lab, how = query_label(index, query, label, known)
     vectors: dict[str, np.ndarray] = {}

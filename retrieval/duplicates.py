@@ -1,5 +1,10 @@
 """Near-duplicates: resized, recompressed, lightly cropped or brightened copies of one photo.
 
+Exact copies come first: rows with the same content hash (the index records each file's sha256)
+are one group of byte-identical files whatever the threshold, and rows with identical feature
+values are collapsed too; only one representative of each takes part in the pair search. So a
+library of 5,000 copies of one photo gives one group of 5,000 exact copies, not a refusal.
+
 Two images are near-duplicates when the cosine similarity of their feature vectors reaches a
 threshold; groups are the connected components of those pairs (union-find), so a photo, its
 half-size copy and its brightened copy form one group even if one pair falls just short.
@@ -38,11 +43,18 @@ MAX_PAIRS = 5_000_000   # more pairs than this means the threshold is far too lo
 
 @dataclass(frozen=True)
 class Group:
-    """One group of near-duplicates: row numbers (sorted) and the range of their pair similarities."""
+    """One group of near-duplicates: row numbers (sorted) and the range of their pair similarities.
+    `exact` lists the sets of byte-identical rows inside it (same content hash), when hashes were given."""
 
     rows: tuple[int, ...]
     min_similarity: float
     max_similarity: float
+    exact: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def all_exact(self) -> bool:
+        """Every row is a byte-identical copy of the others."""
+        return len(self.exact) == 1 and len(self.exact[0]) == len(self.rows)
 
 
 @dataclass
@@ -55,7 +67,8 @@ class DuplicateReport:
     def to_json(self) -> dict[str, Any]:
         return {"features": self.kind, "threshold": self.threshold,
                 "groups": [{"files": [self.rels[i] for i in g.rows], "min_similarity": g.min_similarity,
-                            "max_similarity": g.max_similarity} for g in self.groups]}
+                            "max_similarity": g.max_similarity, "exact_copies": g.all_exact,
+                            "same_bytes": [[self.rels[i] for i in e] for e in g.exact]} for g in self.groups]}
 
 
 def normalised(vectors: np.ndarray) -> np.ndarray:
@@ -178,20 +191,67 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
+def representatives(feats: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> tuple[list[int], np.ndarray]:
+    """Collapse rows that are certainly the same before any pair search: first the same content
+    hash (`keys`: byte-identical files), then the same feature values in every matrix (their
+    similarity to anything is the same, and 1 between them). Returns (representative rows, the
+    class of each row as an index into them). 5,000 copies of one photo become one row, not 12.5
+    million pairs."""
+    first: dict[Any, int] = {}
+    rep_of = np.empty(len(feats[0]), dtype=np.int64)
+    for row in range(len(feats[0])):
+        key = keys[row] if keys is not None else None
+        rep = first.setdefault(("k", key), row) if key is not None else row
+        if rep == row:   # a new content: collapse by identical features too
+            rep = first.setdefault(("f", b"".join(np.ascontiguousarray(f[row]).tobytes() for f in feats)), row)
+        rep_of[row] = rep_of[rep] if rep != row else row
+    reps = sorted(set(rep_of.tolist()))
+    index = {r: n for n, r in enumerate(reps)}
+    return reps, np.array([index[r] for r in rep_of.tolist()], dtype=np.int64)
+
+
 def group_vectors(unit: np.ndarray | Sequence[np.ndarray], threshold: float, *,
-                  as_hash: bool = False) -> list[Group]:
+                  as_hash: bool = False, keys: Sequence[str] | None = None) -> list[Group]:
     """Near-duplicate groups of unit vectors (or [base, zoomed variants...]); with `as_hash`,
-    similarities are 1 - hamming/bits."""
+    similarities are 1 - hamming/bits. With `keys` (content hashes, one per row), byte-identical
+    rows are grouped first and reported as such (`Group.exact`); the threshold then applies to one
+    representative of each (see `representatives`)."""
     feats = [unit] if isinstance(unit, np.ndarray) else list(unit)
-    i, j, _ = similar_pairs(feats, threshold if not as_hash else 2 * threshold - 1)
+    reps, cls = representatives(feats, keys)
+    rep_feats = [f[reps] for f in feats]
+    i, j, _ = similar_pairs(rep_feats, threshold if not as_hash else 2 * threshold - 1)
+    members: list[list[int]] = [[] for _ in reps]
+    for row, c in enumerate(cls.tolist()):
+        members[c].append(row)
+    linked = components(len(reps), i, j)
+    in_component = {c for comp in linked for c in comp}
+    linked += [[c] for c in range(len(reps)) if c not in in_component and len(members[c]) > 1]
     out = []
-    for rows in components(len(feats[0]), i, j):
-        sub = block_similarity(feats, rows, rows)
-        pair = sub[np.triu_indices(len(rows), 1)]
+    for comp in linked:
+        out.append(_group(rep_feats, comp, members, keys, as_hash))
+    return sorted(out, key=lambda g: g.rows[0])
+
+
+def _group(rep_feats: Sequence[np.ndarray], comp: list[int], members: list[list[int]],
+           keys: Sequence[str] | None, as_hash: bool) -> Group:
+    """One Group from a component of representative rows, expanded to every row they stand for."""
+    rows = tuple(sorted(r for c in comp for r in members[c]))
+    lo = hi = 1.0
+    if len(comp) > 1:
+        sub = block_similarity(rep_feats, comp, comp)
+        pair = sub[np.triu_indices(len(comp), 1)]
         if as_hash:
             pair = (pair + 1) / 2
-        out.append(Group(tuple(rows), round(float(pair.min()), 4), round(float(pair.max()), 4)))
-    return out
+        lo, hi = float(pair.min()), float(pair.max())
+        if any(len(members[c]) > 1 for c in comp):
+            hi = 1.0
+    exact: list[tuple[int, ...]] = []
+    if keys is not None:
+        by_key: dict[str, list[int]] = {}
+        for r in rows:
+            by_key.setdefault(keys[r], []).append(r)
+        exact = sorted(tuple(g) for g in by_key.values() if len(g) > 1)
+    return Group(rows, round(min(lo, 1.0), 4), round(min(hi, 1.0), 4), tuple(exact))
 
 
 def check_threshold(threshold: float) -> float:
@@ -218,8 +278,11 @@ def find_duplicates(index: Any, threshold: float | None = None, features: str = 
     """Near-duplicate groups of an opened index, from what it stores (no image is decoded)."""
     kind, unit, as_hash = features_of_index(index, features)
     t = check_threshold(DEFAULT_THRESHOLDS.get(kind, DEFAULT_THRESHOLDS["clip"]) if threshold is None else threshold)
-    groups = group_vectors(unit, t, as_hash=as_hash)
-    log.info("%d groups of near-duplicates among %d images (%s, threshold %.3f)", len(groups), len(index.rels), kind, t)
+    keys = [it["sha256"] for it in index.manifest.items]   # byte-identical files first, then the threshold
+    groups = group_vectors(unit, t, as_hash=as_hash, keys=keys)
+    copies = sum(len(e) for g in groups for e in g.exact)
+    log.info("%d groups of near-duplicates among %d images (%s, threshold %.3f); %d of them exact copies",
+             len(groups), len(index.rels), kind, t, copies)
     return DuplicateReport(kind, t, groups, list(index.rels))
 
 

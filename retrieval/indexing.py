@@ -10,20 +10,20 @@ import logging
 import os
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from . import atomic
-from .errors import ImageError, IndexError_, LookalikeError
-from .images import load_image, resize_pixels
-from .library import NothingToEvaluate, evaluation_protocol, file_sha256, printable, scan_library
+from .errors import IndexError_, LookalikeError
+from .library import (NothingToEvaluate, evaluation_protocol, file_sha256, is_unread, os_reason, scan_library,
+                      skip_record, summarize_skips)
 from .lock import locked_build
 from .manifest import Manifest
 from .paths import EVALUATION, MANIFEST
+from .reading import Job, Reads, read_and_embed, read_pixels
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +36,6 @@ def check_pixel_size(size: int) -> int:
     if not isinstance(size, int) or not 4 <= size <= MAX_PIXEL_SIZE:
         raise LookalikeError(f"pixel size must be a whole number from 4 to {MAX_PIXEL_SIZE}, got {size!r}")
     return size
-
-
-def pixel_rows(paths: Sequence[Path], size: int, *, workers: int | None = None,
-               desc: str = "pixels") -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-    """Decode and resize images in a thread pool: (uint8 rows, indices ok, [(index, reason)] failed)."""
-    out = np.zeros((len(paths), size * size * 3), dtype=np.uint8)
-    ok: list[int] = []
-    failed: list[tuple[int, str]] = []
-
-    def one(i: int) -> tuple[int, str | None]:
-        try:
-            out[i] = resize_pixels(load_image(paths[i]), size).reshape(-1)
-            return i, None
-        except ImageError as exc:
-            return i, str(exc)
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2)) as pool:
-        for i, err in tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=desc,
-                           unit="img", disable=len(paths) < 50, leave=False):
-            (failed.append((i, err)) if err else ok.append(i))
-    return out, ok, failed
 
 
 def _relative_root(data_dir: Path, index_dir: Path) -> str:
@@ -99,9 +78,12 @@ def _scan(data_dir: Path, index_dir: Path, labels: str) -> tuple[list[dict[str, 
     for it in library.items:
         try:
             items.append({"path": it.rel, "label": it.label, "sha256": file_sha256(it.path(data_dir))})
+        except FileNotFoundError:   # reported with the build's other skips (summarised)
+            skipped.append(skip_record(it.rel, "disappeared during the build (deleted or moved)",
+                                       "disappeared during the build"))
         except OSError as exc:
-            skipped.append({"path": printable(it.rel), "reason": f"cannot be read ({exc.strerror or exc})"})
-            log.warning("skipped %s: cannot be read (%s)", printable(it.rel), exc.strerror or exc)
+            kind = "permission denied" if isinstance(exc, PermissionError) else "cannot be read"
+            skipped.append(skip_record(it.rel, f"cannot be read ({os_reason(exc)})", kind))
     return items, skipped
 
 
@@ -150,39 +132,30 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     old = _old_manifest(index_dir)
 
     items, scan_skipped = _scan(data_dir, index_dir, labels)
-
-    # Pixels: reuse unchanged rows, decode the rest once.
-    old_pixels = _load_array(index_dir, old.pixels_file, old) if old and old.pixel_size == size else None
-    reuse = _reuse_rows(old.items if old_pixels is not None else None, items)
-    todo = [i for i in range(len(items)) if i not in reuse]
-    fresh, ok, failed = pixel_rows([data_dir / items[i]["path"] for i in todo], size)
-    pixels = np.zeros((len(items), size * size * 3), dtype=np.uint8)
-    for new_i, old_i in reuse.items():
-        pixels[new_i] = old_pixels[old_i]
-    for j in ok:
-        pixels[todo[j]] = fresh[j]
-    skipped = [{"path": items[todo[j]]["path"], "reason": why} for j, why in failed]
-    for s in skipped:
-        log.warning("skipped %s", s["reason"])
-    skipped = scan_skipped + skipped
-    keep = sorted(set(range(len(items))) - {todo[j] for j, _ in failed})
-    items = [items[i] for i in keep]
-    pixels = pixels[keep]
+    embedder = _load_embedder(model, old, precision) if (model or "auto").lower() not in NO_MODEL else None
+    rows = _build_rows(data_dir, index_dir, old, items, size, embedder, batch_size)
+    skipped = scan_skipped + rows.skipped
+    items = rows.items
+    if skipped:
+        log.warning("%s; the full list is under \"skipped\" in %s", summarize_skips(skipped), index_dir / MANIFEST)
     if not items:
-        raise IndexError_(f"none of the {len(todo)} images under {data_dir} could be read")
+        raise IndexError_(f"none of the {len(rows.skipped)} images under {data_dir} could be read: "
+                          f"{summarize_skips(skipped)}")
     log.info("pixels: %d images at %dx%d (%d reused, %d decoded, %d skipped)",
-             len(items), size, size, len(reuse), len(ok), len(failed))
+             len(items), size, size, rows.pixels_reused, len(rows.reads.pixels), len(rows.skipped))
 
     token = secrets.token_hex(4)
     manifest = Manifest(data_root=_relative_root(data_dir, index_dir), pixel_size=size,
                         pixels_file=f"pixels-{size}.{token}.npy", items=items, skipped=skipped)
-    summary: dict[str, Any] = {"images": len(items), "pixel_size": size, "pixels_reused": len(reuse),
-                               "pixels_decoded": len(ok), "skipped": skipped, "embedded": 0}
+    summary: dict[str, Any] = {"images": len(items), "pixel_size": size, "pixels_reused": rows.pixels_reused,
+                               "pixels_decoded": len(rows.reads.pixels), "skipped": skipped,
+                               "unread": sum(map(is_unread, skipped)), "embedded": len(rows.reads.vectors),
+                               "changed_during_build": [items[i]["path"] for i in rows.changed]}
     try:
-        atomic.save_npy(index_dir / manifest.pixels_file, pixels)
-        if (model or "auto").lower() not in NO_MODEL:
-            manifest.embedder, summary["embedded"] = _embed(index_dir, data_dir, items, old, model, token, batch_size,
-                                                            precision)
+        atomic.save_npy(index_dir / manifest.pixels_file, rows.pixels)
+        if embedder is not None:
+            manifest.embedder = _embedder_record(embedder, model, token, rows.reads, batch_size)
+            atomic.save_npy(index_dir / manifest.embedder["file"], rows.vectors)
             manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url, old)
         from .rerank import build_library_side   # DBA from the current library (retrieval.rerank)
         manifest.rerank = build_library_side(index_dir, manifest, token, chroma_url, rerank)
@@ -237,42 +210,70 @@ def _evaluate(index_dir: Path, summary: dict[str, Any]) -> None:
     summary["evaluation"] = report
 
 
-def _embed(index_dir: Path, data_dir: Path, items: list[dict[str, str]], old: Manifest | None,
-           model: str | None, token: str, batch_size: int,
-           precision: str = "fp32") -> tuple[dict[str, Any], int]:
-    """Embed new or changed images only; returns the manifest's embedder record and the count embedded."""
+def _load_embedder(model: str | None, old: Manifest | None, precision: str):
+    """The build's embedder, in the build's precision (see _set_build_precision)."""
     from .embedders import load_embedder
-
     embedder = load_embedder(None if model in (None, "auto") else model)
     before = old.embedder if old and old.embedder and old.embedder["spec"] == embedder.spec else None
     _set_build_precision(embedder, precision, before.get("precision", "fp32") if before else None)
-    # Rows are reused only from vectors of the same model *and* precision: the manifest's precision
-    # then describes every row, and `--precision fp32` gives exactly the fp32 vectors.
-    same_model = bool(before and before.get("precision", "fp32") == embedder.precision)
-    old_vectors = _load_array(index_dir, old.embedder["file"], old) if same_model else None
-    reuse = _reuse_rows(old.items if old_vectors is not None else None, items)
-    vectors = np.zeros((len(items), embedder.dim), dtype=np.float32)
-    for new_i, old_i in reuse.items():
-        vectors[new_i] = old_vectors[old_i]
-    todo = [i for i in range(len(items)) if i not in reuse]
-    done = np.zeros(len(items), dtype=bool)
-    done[list(reuse)] = True
-    if todo:
-        log.info("embedding %d new or changed images with %s", len(todo), embedder.spec)
-        for ok, vecs in embedder.encode_files([data_dir / items[i]["path"] for i in todo], batch_size=batch_size):
-            rows = [todo[j] for j in ok]
-            vectors[rows] = vecs
-            done[rows] = True
-    if not done.all():
-        missing = [items[i]["path"] for i in np.flatnonzero(~done)]
-        raise IndexError_(f"{len(missing)} images decoded for pixels but failed to embed: {missing[:5]}")
-    record = {"spec": embedder.spec, "source": getattr(embedder, "source", model) or embedder.spec,
-              "name": embedder.name, "dim": embedder.dim, "has_text": embedder.has_text,
-              "file": f"embeddings-{embedder.name}.{token}.npy",
-              **_precision_record(embedder, old if same_model else None, reuse,
-                                  [data_dir / items[i]["path"] for i in todo], vectors[todo], batch_size)}
-    atomic.save_npy(index_dir / record["file"], vectors)
-    return record, len(todo)
+    return embedder
+
+
+@dataclass
+class _Rows:
+    """The rows of the new index: items (hashes as read), pixels, vectors, and what was skipped."""
+
+    items: list[dict[str, str]]
+    pixels: np.ndarray
+    vectors: np.ndarray | None
+    skipped: list[dict[str, str]]
+    reads: Reads
+    pixels_reused: int
+    changed: list[int]   # new rows whose file changed between the scan and its read
+
+
+def _build_rows(data_dir: Path, index_dir: Path, old: Manifest | None, items: list[dict[str, str]], size: int,
+                embedder, batch_size: int) -> _Rows:
+    """Reuse the old index's rows for unchanged files; read every other file once (retrieval.reading)
+    for its hash, pixel row and vector. Rows are reused only from vectors of the same model *and*
+    precision: the manifest's precision then describes every row."""
+    old_pixels = _load_array(index_dir, old.pixels_file, old) if old and old.pixel_size == size else None
+    pixel_reuse = _reuse_rows(old.items if old_pixels is not None else None, items)
+    old_vectors, vector_reuse = None, {}
+    if embedder is not None:
+        same = bool(old and old.embedder and old.embedder["spec"] == embedder.spec
+                    and old.embedder.get("precision", "fp32") == embedder.precision)
+        old_vectors = _load_array(index_dir, old.embedder["file"], old) if same else None
+        vector_reuse = _reuse_rows(old.items if old_vectors is not None else None, items)
+    jobs = [Job(i, data_dir / it["path"], it["path"], it["sha256"], i not in pixel_reuse,
+                embedder is not None and i not in vector_reuse) for i, it in enumerate(items)]
+    jobs = [j for j in jobs if j.pixels or j.vector]
+    reads = Reads()
+    again = read_pixels([j for j in jobs if not j.vector], size, reads, with_model=embedder is not None)
+    if embedder is not None:
+        todo = [j for j in jobs if j.vector] + again
+        if todo:
+            log.info("embedding %d new or changed images with %s", len(todo), embedder.spec)
+        read_and_embed(todo, size, embedder, reads, batch_size)
+    keep = [i for i in range(len(items)) if i not in reads.failed]
+    pixels = np.zeros((len(keep), size * size * 3), dtype=np.uint8)
+    vectors = np.zeros((len(keep), embedder.dim), dtype=np.float32) if embedder is not None else None
+    for new, i in enumerate(keep):
+        pixels[new] = reads.pixels[i] if i in reads.pixels else old_pixels[pixel_reuse[i]]
+        if vectors is not None:
+            vectors[new] = reads.vectors[i] if i in reads.vectors else old_vectors[vector_reuse[i]]
+    skipped = [skip_record(items[i]["path"], str(exc), exc.kind) for i, exc in sorted(reads.failed.items())]
+    changed = set(reads.changed)
+    return _Rows([{**items[i], "sha256": reads.sha256.get(i, items[i]["sha256"])} for i in keep], pixels, vectors,
+                 skipped, reads, sum(1 for i in keep if i not in reads.pixels),
+                 [new for new, i in enumerate(keep) if i in changed])
+
+
+def _embedder_record(embedder, model: str | None, token: str, reads: Reads, batch_size: int) -> dict[str, Any]:
+    """The manifest's embedder record (the caller saves the array it names)."""
+    return {"spec": embedder.spec, "source": getattr(embedder, "source", model) or embedder.spec,
+            "name": embedder.name, "dim": embedder.dim, "has_text": embedder.has_text,
+            "file": f"embeddings-{embedder.name}.{token}.npy", **_precision_record(embedder, reads, batch_size)}
 
 
 def _set_build_precision(embedder, requested: str | None, previous: str | None) -> None:
@@ -291,19 +292,24 @@ def _set_build_precision(embedder, requested: str | None, previous: str | None) 
     embedder.precision_record = why
 
 
-def _precision_record(embedder, old: Manifest | None, reuse: dict[int, int], paths: list[Path],
-                      vectors: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """The manifest's precision fields; for bf16, the quality guard's check against fp32."""
+def _precision_record(embedder, reads: Reads, batch_size: int) -> dict[str, Any]:
+    """The manifest's precision fields; for bf16, the quality guard's check against fp32, run on
+    the very model inputs the build embedded (kept by retrieval.reading), not on a second read."""
     from .embedders.precision import quality_check
     out: dict[str, Any] = {"precision": embedder.precision, "precision_choice": embedder.precision_record}
-    if embedder.precision == "bf16" and paths:
-        out["precision_check"] = quality_check(embedder, paths, vectors, batch_size)
+    if embedder.precision == "bf16" and reads.guard:
+        inputs = [tensor for _, tensor in reads.guard]
+        vectors = np.stack([reads.vectors[row] for row, _ in reads.guard])
+        out["precision_check"] = quality_check(embedder, inputs, vectors, batch_size, decode=lambda tensor: tensor)
     return out
 
 
 def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
                  old: Manifest | None = None) -> dict[str, Any]:
-    """Make Chroma hold exactly the manifest's rows: upsert new/changed, delete removed.
+    """Make Chroma hold exactly the manifest's rows: upsert new/changed, delete removed. A row is
+    changed when its content hash or its vector differs from what Chroma holds: a digest of each
+    vector is kept with the row, so whatever changes the vectors (model, precision, preprocessing,
+    content) rewrites them; comparing only hashes and the model let a precision change slip through.
 
     Comparing against what Chroma holds (not against the old manifest) also repairs a store left
     behind by a build that was killed between the Chroma write and the manifest write. Before the
@@ -311,28 +317,34 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
     a build killed from here until the new manifest is written leaves an index whose HNSW methods
     refuse with "rerun the build" instead of answering from collections that no longer match it.
     """
+    from .vectorstore import row_digest
     record = {"mode": "server", "url": chroma_url} if chroma_url else {"mode": "embedded", "path": "chroma"}
     record["prefix"] = f"lookalike-{manifest.embedder['name']}-{manifest.embedder['dim']}"
     store, held = _open_store(index_dir, chroma_url, record["prefix"], old)
     vectors = np.load(index_dir / manifest.embedder["file"], mmap_mode="r")
+    digests = [row_digest(v) for v in vectors]   # what each row's vector is, for the next sync
     wanted = {it["path"]: i for i, it in enumerate(manifest.items)}
     stale = [i for i in held if i not in wanted]
-    rows = [i for p, i in wanted.items()
-            if held.get(p, {}).get("sha256") != manifest.items[i]["sha256"]
-            or held.get(p, {}).get("spec") != manifest.embedder["spec"]]
+    rows = [i for p, i in wanted.items() if held.get(p, {}).get("vector") != digests[i]
+            or held.get(p, {}).get("sha256") != manifest.items[i]["sha256"]]
     if (stale or rows) and old is not None and old.chroma is not None \
             and {k: v for k, v in old.chroma.items() if k not in ("syncing", "hnsw")} == record:
         old.chroma = {**record, "syncing": True}
         old.write(index_dir)
-    if stale:
+    rewrite = bool(held) and len(rows) == len(wanted)
+    if rewrite:   # every vector changed (another model or precision): a fresh graph, not one updated in place
+        store.reset()
+    elif stale:
         store.delete(stale)
     if rows:
         store.upsert([manifest.items[i]["path"] for i in rows], np.asarray(vectors[rows]),
                      [{"label": manifest.items[i]["label"], "path": manifest.items[i]["path"],
-                       "sha256": manifest.items[i]["sha256"], "spec": manifest.embedder["spec"]}
-                      for i in rows])
-    log.info("chroma: %d upserted, %d deleted, %s", len(rows), len(stale), store.count())
+                       "sha256": manifest.items[i]["sha256"], "spec": manifest.embedder["spec"],
+                       "vector": digests[i]} for i in rows])
+    log.info("chroma: %d upserted, %d deleted%s, %s", len(rows), len(held) if rewrite else len(stale),
+             " (rewritten: every vector changed)" if rewrite else "", store.count())
     return {**record, "hnsw": _tune_hnsw(store, len(manifest.items))}
+
 
 
 def _open_store(index_dir: Path, chroma_url: str | None, prefix: str, old: Manifest | None) -> tuple[Any, dict]:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -124,10 +126,15 @@ def _walk(top: Path, root: Path, exclude: set[str], skipped: list[dict[str, str]
     ignored = 0
     real_root = os.path.realpath(root)
 
-    def skip(path: str, reason: str) -> None:
-        skipped.append({"path": printable(Path(os.path.relpath(path, root)).as_posix()), "reason": reason})
+    def skip(path: str, reason: str, kind: str | None = None) -> None:
+        skipped.append(skip_record(Path(os.path.relpath(path, root)).as_posix(), reason, kind))
 
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+    def unlistable(exc: OSError) -> None:   # os.walk drops a folder it cannot list unless told
+        why = os_reason(exc)
+        skip(exc.filename or str(top), f"cannot list folder ({why}): its images are not indexed",
+             f"cannot list folder ({why})")
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unlistable, followlinks=False):
         keep = []
         for d in sorted(dirnames):
             full = os.path.join(dirpath, d)
@@ -152,11 +159,27 @@ def _walk(top: Path, root: Path, exclude: set[str], skipped: list[dict[str, str]
                 skip(full, "the file name is not valid UTF-8; rename the file to index it")
             elif os.path.islink(full) and not Path(os.path.realpath(full)).is_relative_to(real_root):
                 skip(full, "symbolic link to a file outside the library: not followed")
-            elif not os.path.isfile(full):
-                skip(full, "broken symbolic link or not a regular file")
+            elif (why := _not_a_file(full)) is not None:
+                skip(full, *why)
             else:
                 rels.append(rel)
     return sorted(rels), ignored
+
+
+def _not_a_file(full: str) -> tuple[str, str] | None:
+    """Why a listed name is not a regular file we can index, as (reason, kind), or None when it is.
+    A stat that fails for want of permission says so: it is not a broken link."""
+    try:
+        st = os.stat(full)
+    except PermissionError:
+        return "permission denied (its details cannot be read)", "permission denied"
+    except FileNotFoundError:
+        if os.path.islink(full):
+            return "broken symbolic link", "broken symbolic link"
+        return "disappeared during the scan", "disappeared during the build"
+    except OSError as exc:
+        return f"cannot be read ({os_reason(exc)})", "cannot be read"
+    return None if stat.S_ISREG(st.st_mode) else ("not a regular file", "not a regular file")
 
 
 def _missing(root: Path, what: str) -> LibraryError:
@@ -195,8 +218,56 @@ def _report(where: Path, ignored: int, skipped: list[dict[str, str]]) -> None:
     if ignored:
         log.info("%s: ignored %d files that are not %s images", where, ignored,
                  "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)))
+    if skipped:   # a bounded summary: a folder of 100,000 bad files must not log 100,000 lines
+        log.warning("%s: %s", where, summarize_skips(skipped))
+
+
+# Skipped files. Each record is {"path", "reason", "kind"}: `kind` is the short reason that the
+# summaries count by. The kinds below mean the build could not *read* part of the library (it
+# changed under the build, or access was refused): a rerun, or fixing the permissions, would index
+# more, so the build exits with runner.DONE_WITH_SKIPS. Files that are not usable images (empty,
+# corrupt, not an image, links not followed, bad names) are reported the same way but leave the
+# exit code at 0: they are properties of the library, and a rerun gives the same answer.
+UNREAD_KINDS = ("disappeared during the build", "changed during the build", "permission denied",
+                "cannot be read", "cannot list folder")
+SUMMARY_EXAMPLES = 3
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as a short lower-case reason ("permission denied", "no such file or directory")."""
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def skip_kind(reason: str) -> str:
+    """The short kind of a free-text reason: its head, before any detail, with numbers as N
+    ("corrupt or truncated image (broken data stream ...)" -> "corrupt or truncated image")."""
+    head = re.split(r" \(|[:;,]", reason, maxsplit=1)[0].strip()
+    return re.sub(r"\d+", "N", head) or "unknown"
+
+
+def skip_record(rel: str, reason: str, kind: str | None = None) -> dict[str, str]:
+    """One skipped file, as the manifest keeps it (the path made printable)."""
+    return {"path": printable(rel), "reason": reason, "kind": kind or skip_kind(reason)}
+
+
+def is_unread(record: dict[str, str]) -> bool:
+    """Was this file skipped because the build could not read it (see UNREAD_KINDS)?"""
+    return str(record.get("kind") or "").startswith(UNREAD_KINDS)
+
+
+def summarize_skips(skipped: Sequence[dict[str, str]], examples: int = SUMMARY_EXAMPLES) -> str:
+    """One bounded line: the count per kind (most first), and a few examples of each kind."""
+    kinds: dict[str, list[dict[str, str]]] = {}
     for s in skipped:
-        log.warning("skipped %s: %s", s["path"], s["reason"])
+        kinds.setdefault(s.get("kind") or skip_kind(s.get("reason", "")), []).append(s)
+    parts = []
+    for kind, recs in sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:10]:
+        shown = ", ".join(r["path"] for r in recs[:examples]) + (", ..." if len(recs) > examples else "")
+        parts.append(f"{len(recs)} {kind} (e.g. {shown})")
+    more = f"; and {len(kinds) - 10} other reasons" if len(kinds) > 10 else ""
+    return f"skipped {len(skipped)} files: " + "; ".join(parts) + more
 
 
 def scan_library(root: Path, *, exclude: Sequence[Path | str | None] = (), labels: str = "auto") -> Library:

@@ -19,7 +19,6 @@ Which refinements a source gets, and k / alpha, come from the measured k-fold ta
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from . import atomic
 from .errors import IndexError_
 from .metrics import top_k_rows
+from .vectorstore import row_digest
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +287,6 @@ def drop_dba_chroma(index_dir: Path, manifest: Any, chroma_url: str | None) -> N
                      prefix=manifest.chroma["prefix"] + DBA_PREFIX_SUFFIX)
 
 
-def _digest(row: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest()
-
-
 def _dba_location(index_dir: Path, chroma: dict[str, Any], url: str | None) -> dict[str, Any]:
     """Where the DBA collections live: beside the index's own (a given server, its recorded one, or
     the embedded folder)."""
@@ -311,7 +307,7 @@ def sync_dba_chroma(index_dir: Path, manifest: Any, chroma_url: str | None, dba_
     store = _dba_store(index_dir, manifest.chroma, chroma_url, prefix)
     held = store.metadatas()
     paths = [it["path"] for it in manifest.items]
-    digests = [_digest(r) for r in dba_rows]
+    digests = [row_digest(r) for r in dba_rows]
     stale = sorted(set(held) - set(paths))
     rows = [i for i, (p, d) in enumerate(zip(paths, digests)) if held.get(p, {}).get("dba") != d]
     if stale:

@@ -109,6 +109,11 @@ class LookalikeIndex:
         self._warm_times: dict[str, float] = {}       # started / ready (perf_counter), seconds
         self._warm_error: str | None = None
 
+    def holds(self, rel: str) -> bool:
+        """True when `rel` (a path relative to the library root, with forward slashes) is one of
+        the indexed images: what a front end may read or serve from the library folder."""
+        return rel in self._row_by_rel
+
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def open(cls, index_dir: Path, *, pixel_size: int | None = None, model: str | None = None,
@@ -455,7 +460,7 @@ class LookalikeIndex:
             raise LookalikeError("composed queries combine embeddings; choose an embedding method, not a pixel one")
         t0 = time.perf_counter()
         images = [t for t in terms if not t.is_text]
-        decoded = [load_image(t.image, name=t.name or None) for t in images]
+        decoded = [load_image(t.image, name=t.name or None, reduce_to=QUERY_SIDE) for t in images]
         parts = []
         if texts:
             parts.append(self.embedder.encode_text([t.text for t in texts]))

@@ -8,6 +8,7 @@ what to do. Chroma distances: "cosine" is 1 - cos, "l2" is the *squared* Euclide
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -39,6 +40,12 @@ def ef_search_for(n: int) -> int:
     n**EF_SEARCH_EXPONENT, within [EF_SEARCH_MIN, EF_SEARCH_MAX], rounded to tens."""
     ef = EF_SEARCH_AT_100K * (max(int(n), 1) / 100_000) ** EF_SEARCH_EXPONENT
     return int(min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, round(ef / 10) * 10)))
+
+
+def row_digest(row: np.ndarray) -> str:
+    """A digest of one vector's float32 bytes, kept in its row's metadata: a sync compares it to
+    tell which rows' vectors changed, whatever changed them."""
+    return hashlib.sha1(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest()
 
 
 REBUILD = "rerun `python build_index.py index` to rebuild the index"

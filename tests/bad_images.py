@@ -287,6 +287,142 @@ ROUND2: tuple[Case, ...] = (
 )
 
 
+# -- round 3: formats that run programs or cost more than their header says (issue 19) ---------------
+# Refused by name (EPS, PDF), by frame count (100,000 pages), by an icon's real size; or accepted
+# with their decode bounded (JPEG 2000 at a lower resolution level, RGBA counted at 8 B/px).
+
+PAGES = 100_000
+
+
+def looping_eps() -> bytes:
+    """An EPS whose PostScript never ends: Ghostscript would spin until killed."""
+    return (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
+            b"{ 1 pop } loop\nshowpage\n%%EOF\n")
+
+
+def file_reading_eps() -> bytes:
+    """An EPS that prints a server file onto the page (Ghostscript rendered it without an error)."""
+    return (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 200 50\n%%EndComments\n"
+            b"/Courier findfont 8 scalefont setfont 10 20 moveto\n"
+            b"(/etc/passwd) (r) file 100 string readstring pop show\nshowpage\n%%EOF\n")
+
+
+def dos_eps() -> bytes:
+    """The binary "DOS EPS" wrapper (magic C5 D0 D3 C6) around the looping PostScript."""
+    ps = looping_eps()
+    return b"\xc5\xd0\xd3\xc6" + struct.pack("<6I", 30, len(ps), 0, 0, 0, 0) + b"\xff\xff" + ps
+
+
+def pdf() -> bytes:
+    return (b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+            b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")
+
+
+def _tiff_ifd(width: int, height: int, data_at: int, next_at: int, *, skip_width: bool = False) -> bytes:
+    """One little-endian IFD of an 8-bit greyscale strip image."""
+    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, 1, data_at), (278, 3, 1, height), (279, 4, 1, width * height)]
+    if skip_width:
+        tags = tags[1:]
+    return (struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags)
+            + struct.pack("<I", next_at))
+
+
+def many_page_tiff(pages: int = PAGES) -> bytes:
+    """A TIFF of `pages` 1x1 pages, about 10 MB for 100,000: Pillow's n_frames parsed every one."""
+    ifd = len(_tiff_ifd(1, 1, 0, 0))
+    first = 8 + 1                                     # header, then one shared pixel byte
+    out = [b"II*\x00" + struct.pack("<I", first) + b"\x80"]
+    for i in range(pages):
+        at = first + i * ifd
+        out.append(_tiff_ifd(1, 1, 8, at + ifd if i + 1 < pages else 0))
+    return b"".join(out)
+
+
+def tiff_second_page_without_width() -> bytes:
+    """A TIFF whose first page (4x2 grey) is fine and whose second page lacks ImageWidth: walking
+    the pages (n_frames) made Pillow raise TypeError, which crashed the build."""
+    first = _tiff_ifd(4, 2, 8, 0)
+    second_at = 16 + len(first)
+    return (b"II*\x00" + struct.pack("<I", 16) + b"\x80" * 8 + _tiff_ifd(4, 2, 8, second_at)
+            + _tiff_ifd(4, 2, 8, 0, skip_width=True))
+
+
+def gif_cut_in_second_frame() -> bytes:
+    """An animated GIF cut right after its second frame's image descriptor: walking the frames made
+    Pillow raise IndexError. Its first frame (red) is whole."""
+    first = _encode(Image.new("RGB", (80, 60), RED).convert("P"), "GIF")
+    assert first.endswith(b"\x3b")                              # the trailer, replaced by frame 2
+    return first[:-1] + b"\x2c" + struct.pack("<HHHHB", 0, 0, 80, 60, 0)
+
+
+def rgba_png(side: int = 8000) -> bytes:
+    """side x side RGBA PNG (64 Mpx at 8000, about 0.3 MB): left half transparent, right half blue."""
+    return _encode(_halves((side, side), (0, 0, 0, 0), (*BLUE, 255), mode="RGBA"), "PNG", compress_level=1)
+
+
+def ico_with_png(side: int = 8000) -> bytes:
+    """An ICO whose directory says 256x256 while the PNG it holds is side x side."""
+    png = _encode(Image.new("L", (side, side), 128), "PNG", compress_level=1)
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22) + png
+
+
+def small_ico() -> bytes:
+    return _encode(_halves((64, 64), RED, BLUE), "ICO", sizes=[(64, 64)])
+
+
+def jpeg2000(side: int = 7000, levels: int = 6) -> bytes:
+    """A side x side JPEG 2000 (7000: 17 s and 2.4 GB per full decode); `levels` resolution levels
+    (1: none below full size, so it cannot be decoded reduced)."""
+    return _encode(_halves((side, side), RED, BLUE), "JPEG2000", irreversible=True, quality_layers=[80],
+                   num_resolutions=levels)
+
+
+def tiff16_rgba() -> bytes:
+    """16-bit RGBA TIFF, one strip: libtiff reads it at 8 bytes a pixel."""
+    arr = np.zeros((60, 80, 4), np.uint16)
+    arr[:, :40] = (0xDC00, 0x1400, 0x1400, 0xFFFF)
+    arr[:, 40:] = (0x1400, 0x1400, 0xDC00, 0xFFFF)
+    head = b"II*\x00" + struct.pack("<I", 8)
+    data_at = 8 + 2 + 11 * 12 + 4 + 8
+    tags = [(256, 3, 1, 80), (257, 3, 1, 60), (258, 3, 4, data_at - 8), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, data_at), (277, 3, 1, 4), (278, 3, 1, 60), (279, 4, 1, arr.nbytes), (284, 3, 1, 1),
+            (338, 3, 1, 2)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + struct.pack("<I", 0)
+    return head + ifd + struct.pack("<4H", 16, 16, 16, 16) + arr.astype("<u2").tobytes()
+
+
+ROUND3: tuple[Case, ...] = (
+    Case("eps-loop.jpg", "looping PostScript EPS named .jpg", looping_eps, False,
+         r"unsupported image format \(EPS\)", clean="not_image"),
+    Case("eps-reads-file.png", "EPS that reads /etc/passwd, named .png", file_reading_eps, False,
+         r"unsupported image format \(EPS\)", clean="not_image", content_type="image/png"),
+    Case("dos-eps.jpg", "DOS EPS (binary header) named .jpg", dos_eps, False,
+         r"unsupported image format \(EPS\)", clean="not_image"),
+    Case("document.jpg", "PDF named .jpg", pdf, False, r"unsupported image format \(PDF\)", clean="not_image"),
+    Case("pages-100000.tif", f"TIFF with {PAGES:,} pages (10 MB)", many_page_tiff, False,
+         "more than 10,000 frames or pages", clean="not_image", content_type="image/tiff"),
+    Case("page2-no-width.tif", "TIFF whose second page lacks ImageWidth", tiff_second_page_without_width, True,
+         check=_check((4, 2), only=((0.5, 0.5), (128, 128, 128))), content_type="image/tiff"),
+    Case("gif-cut-frame2.gif", "animated GIF cut inside its second frame", gif_cut_in_second_frame, True,
+         check=_check((80, 60), first_frame=((0.5, 0.5), RED)), content_type="image/gif"),
+    Case("ico-8000-png.ico", "ICO holding an 8000x8000 PNG", ico_with_png, False, "limit for icons",
+         clean="not_image", content_type="image/x-icon"),
+    Case("icon.ico", "64x64 ICO", small_ico, True,
+         check=_check((64, 64), left=((0.1, 0.5), RED), right=((0.9, 0.5), BLUE)), content_type="image/x-icon"),
+    Case("rgba16.tif", "16-bit RGBA TIFF", tiff16_rgba, True,
+         check=_check((80, 60), left=((0.1, 0.5), RED), right=((0.9, 0.5), BLUE)), content_type="image/tiff"),
+)
+# Large files for the memory benchmark (bench/hostile_memory.py); slow to make (J2K: 5 s).
+ROUND3_HEAVY: tuple[Case, ...] = (
+    Case("rgba-8000x8000.png", "8000x8000 RGBA PNG", rgba_png, True,
+         check=_check((8000, 8000), transparent=((0.1, 0.5), WHITE), opaque=((0.9, 0.5), BLUE)),
+         content_type="image/png"),
+    Case("j2k-7000x7000.jp2", "7000x7000 JPEG 2000", jpeg2000, True,
+         check=_check(None, left=((0.1, 0.5), RED), right=((0.9, 0.5), BLUE)), content_type="image/jp2"),
+)
+
+
 def write_corpus(folder: Path, cases: tuple[Case, ...] = CASES) -> dict[str, Path]:
     """Write every case (the first round's, unless told) into `folder`; returns {case name: path}."""
     folder = Path(folder)
@@ -302,8 +438,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    paths = write_corpus(Path(argv[0]), CASES + ROUND2)
-    for case in CASES + ROUND2:
+    paths = write_corpus(Path(argv[0]), CASES + ROUND2 + ROUND3)
+    for case in CASES + ROUND2 + ROUND3:
         verdict = "accepted" if case.accepted else f"rejected ({case.message})"
         print(f"{case.name}\t{paths[case.name].stat().st_size} B\t{verdict}\t{case.what}")
     return 0

@@ -5,6 +5,11 @@
 ends. Every request is logged with its server-side arrival time, so tests can count hits and
 measure spacing. Replies reuse `flickr_standin.Reply` / `answer_route`.
 
+While it runs, the server's exact host:port is opted in to the downloader's address guard
+(collect.netguard, through LOOKALIKE_ALLOW_PRIVATE_HOSTS, so subprocesses see it too);
+``FaultServer(allow=False)`` is not: it then stands for a private address a hostile page names,
+and its hit log counts the requests that reached it.
+
 Routes (all GET):
 - ``/img/<anything>``        a real JPEG, distinct per path
 - ``/png/<anything>``        a real RGBA PNG, ``image/png``
@@ -22,6 +27,7 @@ Routes (all GET):
 - ``/redirect-ftp.jpg``      302 to ``ftp://127.0.0.1/x.jpg``
 - ``/redirect-ok.jpg``       302 (relative) to ``/img/redirected.jpg``
 - ``/redirect-loop.jpg``     302 to itself
+- ``/stall.jpg``             headers (Content-Length 100000) at once, then silence until the server stops
 - ``/drip-body.jpg``         headers at once, then one body byte every `drip_s` seconds (under any
                              read timeout), for at most `drip_for_s`
 - ``/drip-headers.jpg``      the status line, then one header byte every `drip_s` seconds
@@ -36,12 +42,14 @@ import hashlib
 import io
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
+from collect.netguard import allowing
 from flickr_standin import Reply, Route, answer_route, make_jpeg
 
 
@@ -63,8 +71,11 @@ class FaultServer:
     """See the module docstring. Use as ``with FaultServer() as srv: srv.url('/404.jpg')``."""
 
     def __init__(self, host: str = "127.0.0.1", *, slow_s: float = 3.0, huge_bytes: int = 64 * 2 ** 20,
-                 drip_s: float = 0.5, drip_for_s: float = 120.0) -> None:
+                 drip_s: float = 0.5, drip_for_s: float = 120.0, allow: bool = True) -> None:
         self.host, self.slow_s, self.huge_bytes = host, slow_s, huge_bytes
+        self.allow = allow   # opt this server's host:port in for the downloader (collect.netguard)
+        self._allowing: ExitStack | None = None
+        self.stall_release = threading.Event()   # set on exit, so a stalled handler ends
         self.drip_s, self.drip_for_s = drip_s, drip_for_s
         self.drip_stopped: dict[str, float] = {}   # route -> seconds it dripped before the client hung up
         self.huge_sent: int | None = None
@@ -89,6 +100,7 @@ class FaultServer:
             "/redirect-ftp.jpg": Reply(302, b"", "text/plain", {"Location": f"ftp://{host}/x.jpg"}),
             "/redirect-ok.jpg": Reply(302, b"", "text/plain", {"Location": "/img/redirected.jpg"}),
             "/redirect-loop.jpg": Reply(302, b"", "text/plain", {"Location": "/redirect-loop.jpg"}),
+            "/stall.jpg": self._stall,
             "/drip-body.jpg": self._drip_body,
             "/drip-headers.jpg": self._drip_headers,
             "/bad-encoding.jpg": Reply(200, make_jpeg("bad-encoding"), headers={"Content-Encoding": "gzip"}),
@@ -112,10 +124,16 @@ class FaultServer:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"fault-{self.host}", daemon=True)
         self._thread.start()
+        if self.allow:   # the downloader refuses loopback addresses unless opted in, host:port exactly
+            self._allowing = ExitStack()
+            self._allowing.enter_context(allowing(f"{self.host}:{self._server.server_address[1]}"))
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None and self._thread is not None
+        if self._allowing is not None:
+            self._allowing.close()
+        self.stall_release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -180,6 +198,16 @@ class FaultServer:
             req.wfile.write(b"\0" * 1024)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        req.close_connection = True
+
+    def _stall(self, req: BaseHTTPRequestHandler) -> None:
+        """Headers at once, then silence until the server stops (`stall_release`)."""
+        req.send_response(200)
+        req.send_header("Content-Type", "image/jpeg")
+        req.send_header("Content-Length", "100000")
+        req.end_headers()
+        req.wfile.flush()
+        self.stall_release.wait()
         req.close_connection = True
 
     def _drip(self, req: BaseHTTPRequestHandler, route: str, data: bytes) -> None:

@@ -1,6 +1,7 @@
 """A local stand-in for Flickr search (and an image host) so crawler and downloader tests run offline.
 
-``serve_standin()`` starts a threaded HTTP server on 127.0.0.1 at a free port and stops it on exit.
+``serve_standin()`` starts a threaded HTTP server on 127.0.0.1 at a free port and stops it on exit;
+meanwhile its host:port is opted in to the downloader's address guard (collect.netguard).
 It is deterministic: ``Standin.expected_urls(term)`` is exactly what a correct crawler collects.
 
 What a search page (``/search?text=TERM``) looks like, page by page (``per_page`` photos each):
@@ -33,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from PIL import Image, ImageDraw
+
+from collect.netguard import allowing
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 
@@ -304,7 +307,8 @@ def serve_standin(images: Mapping[str, bytes] | None = None, *, totals: Mapping[
     thread = threading.Thread(target=server.serve_forever, name="flickr-standin", daemon=True)
     thread.start()
     try:
-        yield standin
+        with allowing(f"{host}:{server.server_address[1]}"):   # the downloader's opt-in (collect.netguard)
+            yield standin
     finally:
         server.shutdown()
         server.server_close()

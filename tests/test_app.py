@@ -255,7 +255,10 @@ def test_pixel_only_index_explains_the_missing_tabs(sample_pixel_index):
 # -- handlers and static content ------------------------------------------------------------------
 
 def test_query_source_payloads(tmp_path):
-    assert query_source({"path": "/tmp/x.jpg", "url": None}) == "/tmp/x.jpg"
+    # a path named by the client is never read (round 3): only files handlers.QueryFiles accepts
+    # (tests/test_app_uploads_only.py); without one, no path at all
+    with pytest.raises(ImageError, match="must be an upload"):
+        query_source({"path": "/tmp/x.jpg", "url": None})
     assert query_source({"path": None, "url": "data:image/png;base64,aGVsbG8="}) == b"hello"
     for empty in (None, {}, {"path": None, "url": None}, ""):
         with pytest.raises(ImageError, match="no query image"):

@@ -169,3 +169,54 @@ def test_helpers() -> None:
     assert safe_component("Monkey") == "Monkey" and safe_component("Cà phê") == "Cà phê"
     assert is_permanent("http_404") and is_permanent("not_image") and is_permanent("bad_scheme")
     assert not any(is_permanent(s) for s in ("http_429", "http_503", "timeout", "truncated", "connection_error", "ok"))
+
+
+_RUN_IN_CHILD = """
+import sys
+from pathlib import Path
+from collect.download import DownloadConfig, Downloader
+urls = sys.argv[2:]
+cfg = DownloadConfig(workers=2, delay=0.0, read_timeout=60.0, total_timeout=120.0, retries=0, checkpoint_s=1.0)
+Downloader(Path(sys.argv[1]), cfg).run([("c", "t", u) for u in urls], progress=False)
+"""
+
+
+def test_a_hung_download_still_leaves_a_resumable_manifest(tmp_path: Path) -> None:
+    """A server that sends headers and then stalls holds one worker; the run is then killed with
+    SIGKILL (nothing in the process can react). The manifest on disk already records every URL
+    that finished, so the re-run fetches only the stalled one.
+
+    Fails before round 3: the manifest was only written when a download finished at least
+    `checkpoint_s` after the last save, so while the stalled download held on, nothing was saved
+    and the kill left no manifest at all."""
+    import signal
+    import subprocess
+    import sys
+    raw = tmp_path / "raw"
+    with FaultServer() as srv:
+        done_paths = ["/img/1.jpg", "/img/2.jpg", "/404.jpg"]
+        urls = [srv.url("/stall.jpg")] + [srv.url(p) for p in done_paths]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        child = subprocess.Popen([sys.executable, "-c", _RUN_IN_CHILD, str(raw), *urls], env=env)
+        try:
+            deadline = time.monotonic() + 60
+            records: dict[str, dict] = {}
+            while time.monotonic() < deadline and len(records) < 3:
+                time.sleep(0.2)
+                try:
+                    records = _manifest(raw)
+                except (OSError, ValueError):
+                    records = {}
+            assert child.poll() is None and srv.hits("/stall.jpg") == 1   # still hung when killed
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        assert {u: r["status"] for u, r in records.items()} == {
+            srv.url("/img/1.jpg"): "ok", srv.url("/img/2.jpg"): "ok", srv.url("/404.jpg"): "http_404"}
+        before = {p: srv.hits(p) for p in ["/stall.jpg", *done_paths]}
+        cfg = DownloadConfig(delay=0.0, read_timeout=0.5, retries=0)
+        report = Downloader(raw, cfg).run([("c", "t", u) for u in urls], progress=False)
+        again = {p: srv.hits(p) - n for p, n in before.items()}
+    assert again == {"/stall.jpg": 1, "/img/1.jpg": 0, "/img/2.jpg": 0, "/404.jpg": 0}
+    assert report.fetched == 1 and report.skipped == 3
+    assert _manifest(raw)[srv.url("/stall.jpg")]["status"] == "timeout"   # its deadline, then recorded

@@ -55,7 +55,9 @@ def test_groups_are_connected_components_above_the_threshold() -> None:
         import retrieval.duplicates as d
         old, d.MAX_PAIRS = d.MAX_PAIRS, 3
         try:
-            group_vectors(np.ones((5, 2), np.float32) / np.sqrt(2), 0.5)
+            # distinct but similar vectors (identical ones are collapsed first, see the exact-copy test)
+            close = np.ones((5, 2), np.float32) + np.arange(5, dtype=np.float32)[:, None] * [0.01, 0.0]
+            group_vectors(close / np.linalg.norm(close, axis=1, keepdims=True), 0.5)
         finally:
             d.MAX_PAIRS = old
 

@@ -20,7 +20,7 @@ import numpy as np
 from retrieval.compare import KIND_ORDER, Comparison, compare, kind, score_text, test_labels
 from retrieval.search import LookalikeIndex
 
-from .handlers import DEFAULT_K, query_source, slider_k, upload_name, user_errors
+from .handlers import NOT_AN_UPLOAD, DEFAULT_K, QueryFiles, query_source, slider_k, upload_name, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,15 @@ def model_title(index: LookalikeIndex) -> str:
 class Comparer:
     """The Compare tab's handler over one opened index (plain values in and out, testable alone)."""
 
-    def __init__(self, index: LookalikeIndex) -> None:
+    def __init__(self, index: LookalikeIndex, files: QueryFiles | None = None) -> None:
         self.index = index
+        self.files = files or QueryFiles.for_index(index)   # which files a query may name
         self.methods = sorted(index.methods, key=lambda m: KIND_ORDER.index(kind(index.parse_method(m))))
         self.known = test_labels(index)   # examples come back from the browser as copies: known by content
 
     def __call__(self, image: Any, k: Any = DEFAULT_K) -> tuple:
         k = slider_k(k)
-        source = query_source(image)
+        source = query_source(image, self.files)
         for m in self.methods:   # the model and Chroma load once, before anything is timed
             self.index.prepare(m)
         result = compare(self.index, source, self.methods, k, name=upload_name(image), known=self.known)
@@ -80,20 +81,24 @@ class Comparer:
         return (thumb, summary, rows, *pairs)
 
 
-def pick(evt: gr.SelectData) -> str:
-    """"More like this": the clicked result (the gallery's served copy of a library image, known
-    again by its content) becomes the query."""
-    value = evt.value if isinstance(evt.value, dict) else {}
-    image = value.get("image") if isinstance(value.get("image"), dict) else {}
-    if not image.get("path"):
-        raise gr.Error("that result is no longer on the page; run Compare again", print_exception=False)
-    return image["path"]
+    def pick(self, evt: gr.SelectData) -> str:
+        """"More like this": the clicked result (the gallery's served copy of a library image, known
+        again by its content) becomes the query. The click's data comes from the client, so its
+        path must be one a query may name, like any other."""
+        value = evt.value if isinstance(evt.value, dict) else {}
+        image = value.get("image") if isinstance(value.get("image"), dict) else {}
+        if not image.get("path"):
+            raise gr.Error("that result is no longer on the page; run Compare again", print_exception=False)
+        path = self.files.check(image["path"])
+        if path is None:
+            raise gr.Error(NOT_AN_UPLOAD, print_exception=False)
+        return path
 
 
 def compare_tab(index: LookalikeIndex, examples: list[str], examples_label: str,
-                other_images: list[gr.Image]) -> gr.Image:
+                other_images: list[gr.Image], files: QueryFiles | None = None) -> gr.Image:
     """The tab's components and events; returns its query image (linked with the other tabs')."""
-    comparer = Comparer(index)
+    comparer = Comparer(index, files)
     gr.Markdown("One query through every method: pixels, deep features (exact and Chroma HNSW) and re-ranked "
                 "(`+qe` α-query expansion, `+dba` database-side augmentation). Click any result to search with it.")
     with gr.Row():
@@ -126,7 +131,7 @@ def compare_tab(index: LookalikeIndex, examples: list[str], examples_label: str,
     button.click(run, [image, k], outputs, api_name="compare", preprocess=False)
     # A click on a result ("more like this") makes it the query and compares again at once.
     for _, gallery in galleries:
-        gallery.select(pick, None, image, api_visibility="private") \
+        gallery.select(comparer.pick, None, image, api_visibility="private") \
             .then(run, [image, k], outputs, api_visibility="private", preprocess=False)
     _link_queries([image, *other_images])
     return image
@@ -134,11 +139,14 @@ def compare_tab(index: LookalikeIndex, examples: list[str], examples_label: str,
 
 def _link_queries(images: list[gr.Image]) -> None:
     """One upload for all tabs: a query the user uploads (or pastes) in one tab appears in the others.
-    `input` fires on the user's own change only, so copying the value never loops."""
+    `input` fires on the user's own change only, so copying the value never loops. The payload is
+    handed back as it came (no preprocess, no postprocess): the server neither decodes the image
+    nor reads or copies a file for it; the searches check it when it is used."""
     for src in images:
         others = [x for x in images if x is not src]
         if others:
-            src.input(_copier(len(others)), src, others, api_visibility="private", show_progress="hidden")
+            src.input(_copier(len(others)), src, others, api_visibility="private", show_progress="hidden",
+                      preprocess=False, postprocess=False)
 
 
 def _copier(n: int):

@@ -11,7 +11,8 @@ import gradio as gr
 from retrieval.metrics import METRICS
 from retrieval.search import MAX_K, MAX_TEXT_CHARS, LookalikeIndex
 
-from .handlers import DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, Searcher, deep_methods, method_label, user_errors
+from .handlers import (DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, QueryFiles, Searcher, deep_methods, method_label,
+                       user_errors)
 from .compare import compare_tab, evaluation_figures, model_title
 from retrieval.library import inside_root
 
@@ -21,7 +22,8 @@ EXAMPLES_PER_PAGE = 15
 MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"   # the upload route refuses more (data: URLs: handlers); load_image refuses > 64 Mpx
 CONCURRENCY = 2              # the Spaces CPU Basic tier has 2 vCPU
 PIXEL_CONCURRENCY = 4        # pixel queries are a few ms of numpy; let more of them overlap
-QUEUE_SIZE = 64
+QUEUE_SIZE = 64              # requests queued at once, all endpoints together: bounds the memory their bodies hold
+MAX_WAIT_S = 30.0            # longest queue wait before "busy, try again" (webui.admission; docs/reliability.md)
 IMAGE_SOURCES = ["upload", "webcam", "clipboard"]
 
 
@@ -58,8 +60,9 @@ def _image_search_tab(tab: str, examples: list[str], fn: Callable[..., Outputs],
             k = _k_slider(f"{tab}-k")
             button = gr.Button("Search", variant="primary", elem_id=f"{tab}-search")
     outputs = _results(tab)
-    # preprocess=False: the handler gets the uploaded file itself (Gradio has checked it is an
-    # upload), so load_image decodes it once and its errors reach the user as they are.
+    # preprocess=False: the handler gets the payload as sent, so load_image decodes it once and its
+    # errors reach the user as they are. Gradio checks nothing then: the handler accepts only an
+    # upload or a library image (handlers.QueryFiles), never a path the client names.
     button.click(user_errors(fn), [image, choice, k], list(outputs), api_name=api_name, preprocess=False, **event)
     return image
 
@@ -107,12 +110,13 @@ def _model_status(searcher: Searcher, demo: gr.Blocks) -> None:
 def build_demo(index: LookalikeIndex) -> gr.Blocks:
     """The Blocks app over an opened index. Endpoints: /search_pixel, /search_deep (indexes with
     embeddings), /search_text (indexes whose model has a text encoder)."""
-    searcher = Searcher(index)
     examples, test_counts = test_examples(index.data_dir)
     examples_label = "Test-split images"
     if not examples:   # a library without test/ (e.g. a photo folder): a few of its own images
         examples, examples_label = library_examples(index), "Library images"
     examples = [e for e in examples if inside_root(e, index.data_dir)]   # never a link out of the library
+    files = QueryFiles(index, examples)   # what a query may name: uploads, library images, these examples
+    searcher = Searcher(index, files)
     deep = deep_methods(index)
     with gr.Blocks(title="Lookalike: image search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Lookalike\nFind the library images that look most like yours: by raw pixels, "
@@ -158,22 +162,25 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
                             f"`python build_index.py index --data {shown_path(index.data_dir)} --index {shown_path(index.index_dir)} "
                             "--model ViT-B-32:laion2b_s34b_b79k` (online) or `--model ViT-B-32:/path/to/checkpoint.pt`.")
         with gr.Tab("Compare"):   # one query through every method (webui/compare.py)
-            compare_tab(index, examples, examples_label, query_images)
+            compare_tab(index, examples, examples_label, query_images, files)
         with gr.Tab("Evaluation"):
             gr.Markdown(evaluation_markdown(index))
             evaluation_figures(index)
         with gr.Tab("About"):
             gr.Markdown(about_markdown(index, test_counts))
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    from .admission import bounded_queue   # Gradio's queue, plus a bound on each request's wait
+    bounded_queue(demo, default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, max_wait_s=MAX_WAIT_S)
     return demo
 
 
 def launch_options(index: LookalikeIndex) -> dict[str, Any]:
-    """launch() settings: serve only the library (the gallery's images; the index's arrays, lock and
-    manifest are nobody's download), and cap upload size."""
-    from .limits import body_limit   # JSON bodies (data: URLs) are capped before they are queued
+    """launch() settings: allow the library folder (Gradio copies the gallery's images from there),
+    of which the file route serves only the indexed images (limits.LibraryFiles; the index's arrays,
+    lock and manifest are nobody's download); cap upload and request sizes; refuse malformed API
+    calls before they reach Gradio (limits.ApiGuard)."""
+    from .limits import guards
     return {"allowed_paths": [str(index.data_dir.resolve())],
-            "max_file_size": MAX_UPLOAD, "app_kwargs": {"middleware": body_limit()}}
+            "max_file_size": MAX_UPLOAD, "app_kwargs": {"middleware": guards(index)}}
 
 
 def serve(index: LookalikeIndex, host: str = "127.0.0.1", port: int | None = None) -> tuple[gr.Blocks, str]:

@@ -154,16 +154,26 @@ class Embedder(abc.ABC):
     def _decode(self, path: Path) -> torch.Tensor:
         return self._prepare(load_image(path, draft=self.split.draft_size if self.split else None))
 
-    def encode_files(self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 2,
-                     progress: bool = True) -> Iterator[tuple[list[int], np.ndarray]]:
+    def prepare_bytes(self, data: bytes, name: str | None = None) -> torch.Tensor:
+        """The model input for an image's bytes: the index build reads a file once and derives
+        its hash, pixel row and this from the same bytes (retrieval.reading)."""
+        return self._prepare(load_image(data, name=name, draft=self.split.draft_size if self.split else None))
+
+    def encode_files(self, paths: Sequence, *, batch_size: int = 32, workers: int = 2, progress: bool = True,
+                     decode: Callable[[object], torch.Tensor] | None = None,
+                     on_skip: Callable[[int, ImageError], None] | None = None
+                     ) -> Iterator[tuple[list[int], np.ndarray]]:
         """Stream (indices_ok, vectors) batch by batch over image files.
 
         Decoding + preprocessing run in `workers` threads (PIL and torch release the GIL) while the
         model works on the previous batch, so at most two batches of pixels are in memory at once:
-        a library larger than RAM is never loaded whole. Files that fail to decode are logged and
-        skipped; their index is missing from indices_ok. workers=0 decodes inline.
+        a library larger than RAM is never loaded whole. Files that fail to decode are skipped
+        (logged, or passed to on_skip(index, error)); their index is missing from indices_ok.
+        workers=0 decodes inline. `decode` turns one item of `paths` into a model input (default:
+        decode the file at that path); it signals a file to skip by raising ImageError.
         """
         paths = list(paths)
+        decode = decode or self._decode
         starts = iter(range(0, len(paths), batch_size))
         bar = tqdm(total=len(paths), unit="img", desc=f"embedding ({self.name})", disable=not progress)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
@@ -172,7 +182,7 @@ class Embedder(abc.ABC):
             idx = range(start, min(start + batch_size, len(paths)))
             if pool is None:
                 return [(i, paths[i]) for i in idx]
-            return [(i, pool.submit(self._decode, paths[i])) for i in idx]
+            return [(i, pool.submit(decode, paths[i])) for i in idx]
 
         try:
             start = next(starts, None)
@@ -184,10 +194,13 @@ class Embedder(abc.ABC):
                 tensors: list[torch.Tensor] = []
                 for i, job in batch:
                     try:
-                        tensors.append(job.result() if isinstance(job, Future) else self._decode(job))
+                        tensors.append(job.result() if isinstance(job, Future) else decode(job))
                         ok.append(i)
                     except ImageError as exc:
-                        log.warning("skipping %s", exc)
+                        if on_skip is None:
+                            log.warning("skipping %s", exc)
+                        else:
+                            on_skip(i, exc)
                 bar.update(len(batch))
                 if tensors:
                     batch_in = torch.stack(tensors)

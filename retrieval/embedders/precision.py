@@ -21,6 +21,7 @@ from ..errors import ModelError
 
 if TYPE_CHECKING:
     from . import Embedder
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,12 @@ GUARD_MIN_OVERLAP = 0.85   # top-10 overlap within the sample; see docs/benchmar
 
 
 def quality_check(embedder: "Embedder", paths: list, vectors: "np.ndarray", batch_size: int = 32,
-                  sample: int | None = None, bound: float | None = None) -> dict[str, object]:
+                  sample: int | None = None, bound: float | None = None, decode=None) -> dict[str, object]:
     """The build's quality guard: re-embed an evenly spaced sample of the images just embedded in
     fp32 and compare it with their bf16 vectors (mean cosine; top-10 neighbour overlap within
-    the sample). Logs a warning when the overlap is below `bound`; returns the figures."""
+    the sample). Logs a warning when the overlap is below `bound`; returns the figures.
+    `paths` are files, or (with `decode`, see Embedder.encode_files) the very model inputs the
+    vectors came from: the index build passes those, so nothing is read twice."""
     import numpy as np
     sample = GUARD_SAMPLE if sample is None else sample
     bound = GUARD_MIN_OVERLAP if bound is None else bound
@@ -164,7 +167,8 @@ def quality_check(embedder: "Embedder", paths: list, vectors: "np.ndarray", batc
     try:
         ok: list[int] = []
         ref: list[np.ndarray] = []
-        for got, vecs in embedder.encode_files([paths[i] for i in picks], batch_size=batch_size, progress=False):
+        for got, vecs in embedder.encode_files([paths[i] for i in picks], batch_size=batch_size, progress=False,
+                                              decode=decode):
             ok += [int(picks[j]) for j in got]
             ref.append(vecs)
     finally:
