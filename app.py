@@ -56,9 +56,10 @@ def serve_app(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python app.py` and the `lookalike-app` entry point (pyproject.toml)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported (serve_app)
     return run(make_parser(), argv, quiet_level=logging.INFO)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     sys.exit(main())

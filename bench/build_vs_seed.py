@@ -1,14 +1,13 @@
 """Index build, repeated: ours (batched encode_files + VectorStore.upsert) against the seed's
 add_embedding (one image -> one model call, then one collection.add), for each model.
 
-The two build paths themselves live in bench/index_build.py (the embedder benchmark, which prints
-one run); this module times them `repeats` times, interleaved, for the suite's medians.
+The two build paths live in bench/index_build.py; this module times them `repeats` times,
+interleaved, for the suite's medians.
 
     python -m bench.build_vs_seed [--data data/train] [--limit 128] [--repeats 3] [--models clip,effnet]
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ import torch
 from retrieval.images import load_image
 from retrieval.vectorstore import VectorStore
 
-from .common import PeakMemory, ROOT, add_check, add_table, fmt_ratio, print_result, result, stopwatch
+from .common import cli, PeakMemory, ROOT, add_check, add_table, fmt_ratio, result, stopwatch
 from .index_build import library, make, ours, seed_add_embedding
 
 
@@ -74,15 +73,5 @@ def run(data: str | None = None, limit: int = 128, repeats: int = 3, batch_size:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--limit", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--models", default="clip,effnet")
-    args = ap.parse_args()
-    print_result(run(args.data, args.limit, args.repeats, models=tuple(args.models.split(","))))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run)

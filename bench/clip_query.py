@@ -14,7 +14,6 @@ scales its time linearly to the whole library: the seed's cost is one model call
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -28,7 +27,7 @@ from retrieval.images import is_image_name
 from retrieval.indexing import build_index
 from retrieval.search import LookalikeIndex
 
-from .common import (add_check, add_table, fmt_ms, fmt_ratio, median_ms, print_result, result, sample_library,
+from .common import (cli, add_check, add_table, fmt_ms, fmt_ratio, median_ms, result, sample_library,
                      stopwatch, timed)
 from .pixel_query import seed_absolute_difference, seed_folder_to_images, seed_read_image_from_path
 
@@ -139,16 +138,5 @@ def run(data: str | None = None, seed_queries: int = 2, seed_limit: int | None =
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--seed-queries", type=int, default=2)
-    ap.add_argument("--seed-limit", type=int, default=None)
-    ap.add_argument("--queries", type=int, default=20)
-    ap.add_argument("--library-limit", type=int, default=None, help="use only N library images (quick runs)")
-    args = ap.parse_args()
-    print_result(run(args.data, args.seed_queries, args.seed_limit, args.queries, library_limit=args.library_limit))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run)

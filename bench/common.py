@@ -6,11 +6,15 @@ checks and the raw figures; `render()` turns it into the Markdown of bench/RESUL
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import inspect
+import logging
 import json
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+import typing
 from typing import Any, Callable, Iterator, Sequence
 
 BENCH = Path(__file__).resolve().parent
@@ -51,10 +56,6 @@ def p95_ms(samples: Sequence[float]) -> float:
     return percentile_ms(samples, 95)
 
 
-def rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
-
-
 # -- memory -----------------------------------------------------------------------------------
 def cpu_seconds() -> float:
     """User + system CPU time of this process so far, all threads (native ones included)."""
@@ -67,7 +68,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _status_kb(field: str, pid: int | str = "self") -> int | None:
+def status_kb(field: str, pid: int | str = "self") -> int | None:
+    """A field of /proc/PID/status in kB (VmRSS, VmHWM, VmPeak...), or None where it cannot be read."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -79,13 +81,13 @@ def _status_kb(field: str, pid: int | str = "self") -> int | None:
 
 
 def rss_mb(pid: int | str = "self") -> float | None:
-    kb = _status_kb("VmRSS", pid)
+    kb = status_kb("VmRSS", pid)
     return None if kb is None else kb / 1024
 
 
 def hwm_mb(pid: int | str = "self") -> float | None:
     """Peak resident memory (VmHWM) of a process since start or since its last reset (MB)."""
-    kb = _status_kb("VmHWM", pid)
+    kb = status_kb("VmHWM", pid)
     return None if kb is None else kb / 1024
 
 
@@ -162,6 +164,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a server a benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # -- machine ----------------------------------------------------------------------------------
@@ -297,3 +306,39 @@ def render(res: dict[str, Any], level: int = 2) -> str:
 
 def print_result(res: dict[str, Any]) -> None:
     print(render(res, level=1))
+
+
+# -- command line -----------------------------------------------------------------------------
+def _is_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
+
+
+def _arg_type(hint: Any) -> Any:
+    """int for `int`, `int | None` and `tuple[int, ...]`; likewise float and str."""
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis] or [hint]
+    inner = typing.get_args(args[0]) or args
+    return inner[0] if inner[0] in (int, float, str) else str
+
+
+def cli(run: Callable[..., dict[str, Any]], argv: list[str] | None = None) -> None:
+    """`python -m bench.NAME [--key VALUE ...]`: one option per parameter of `run` (underscores as
+    dashes, the same defaults), so the suite's config keys and the command line cannot drift apart."""
+    module = sys.modules[run.__module__]
+    name = module.__spec__.name if module.__spec__ else run.__module__     # bench.NAME, also under -m
+    ap = argparse.ArgumentParser(prog=f"python -m {name}", description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(run)
+    for name, param in inspect.signature(run).parameters.items():
+        flag, default, hint = "--" + name.replace("_", "-"), param.default, hints.get(name)
+        if isinstance(default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple) or _is_tuple(hint):
+            ap.add_argument(flag, nargs="+", type=_arg_type(hint), default=default, metavar=name.upper())
+        else:
+            ap.add_argument(flag, type=_arg_type(hint), default=default, metavar=name.upper())
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    args = vars(ap.parse_args(argv))
+    logging.basicConfig(level=logging.INFO if args.pop("verbose") else logging.WARNING)
+    print(machine_info())
+    print_result(run(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}))
+

@@ -12,7 +12,6 @@ uses on a pixel-only index, and what `clean --near-duplicates` uses).
 """
 from __future__ import annotations
 
-import argparse
 import io
 import random
 import tempfile
@@ -25,7 +24,7 @@ from retrieval.duplicates import DEFAULT_THRESHOLDS, ZOOMS, group_vectors, norma
 from retrieval.images import load_image, resize_pixels
 from retrieval.library import scan_split
 
-from .common import add_check, add_table, machine_info, print_result, result, sample_library, stopwatch
+from .common import cli, add_check, add_table, result, sample_library, stopwatch
 
 THRESHOLDS = {"effnet": (0.76, 0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.94),
               "phash": (0.80, 0.84, 0.86, 0.88, 0.90, 0.92, 0.94),
@@ -124,15 +123,5 @@ def run(data: str | None = None, photos: int = 100, seed: int = 0) -> dict:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="sample library folder (default: built under data/)")
-    ap.add_argument("--photos", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    print(machine_info())
-    print_result(run(args.data, args.photos, args.seed))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run)

@@ -14,7 +14,6 @@ linearly in the number of images and extrapolated to the whole library, marked a
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -30,7 +29,7 @@ from retrieval.indexing import build_index
 from retrieval.metrics import PreparedMatrix, top_k
 from retrieval.search import LookalikeIndex
 
-from .common import (add_check, in_child, add_table, fmt_ms, median_ms, percentile_ms, print_result, result,
+from .common import (cli, add_check, in_child, add_table, fmt_ms, median_ms, percentile_ms, result,
                      stopwatch, timed)
 
 PIXEL_SIZE = 28
@@ -237,16 +236,5 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", type=int, default=60_000)
-    ap.add_argument("--test", type=int, default=1_000)
-    ap.add_argument("--backbone-train", type=int, default=10_000)
-    ap.add_argument("--throughput-images", type=int, default=1024)
-    ap.add_argument("--latency-queries", type=int, default=50)
-    args = ap.parse_args()
-    print_result(run(args.train, args.test, args.backbone_train, args.throughput_images, args.latency_queries))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run)

@@ -8,7 +8,6 @@ each query with one pass over a prepared matrix.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import tempfile
@@ -21,8 +20,8 @@ from retrieval.images import is_image_name
 from retrieval.indexing import DEFAULT_PIXEL_SIZE, build_index
 from retrieval.search import LookalikeIndex
 
-from .common import (add_check, add_table, fmt_ms, fmt_ratio, machine_info, median_ms, peak_rss_mb, print_result,
-                     result, sample_library, stopwatch, timed)
+from .common import (add_check, add_table, cli, fmt_ms, fmt_ratio, median_ms, peak_rss_mb, result,
+                     sample_library, stopwatch, timed)
 
 
 def seed_read_image_from_path(path, size):
@@ -136,15 +135,5 @@ def run(data: str | None = None, queries: int = 20, seed_queries: int = 3, seed_
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--queries", type=int, default=20)
-    ap.add_argument("--seed-queries", type=int, default=3)
-    args = ap.parse_args()
-    print(machine_info())
-    print_result(run(args.data, args.queries, args.seed_queries))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run)

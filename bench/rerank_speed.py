@@ -13,7 +13,6 @@ time, DBA included, is reported too.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -25,7 +24,7 @@ from retrieval.indexing import build_index
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 
-from .common import add_check, add_table, fmt_ms, fmt_ratio, median_ms, print_result, result, sample_library, stopwatch
+from .common import cli, add_check, add_table, fmt_ms, fmt_ratio, median_ms, result, sample_library, stopwatch
 
 CACHE = Path(tempfile.gettempdir()) / "lookalike-bench"
 LIMIT = 3.0
@@ -123,14 +122,5 @@ def run(queries: int = 30, fashion: bool = True, fashion_train: int = 60_000) ->
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--queries", type=int, default=30)
-    ap.add_argument("--fashion-train", type=int, default=60_000)
-    ap.add_argument("--no-fashion", action="store_true")
-    args = ap.parse_args()
-    print_result(run(args.queries, not args.no_fashion, args.fashion_train))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run)

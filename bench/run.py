@@ -5,6 +5,9 @@
     python -m bench --only pixel_query vectors --set vectors.sizes=[10000,100000]
     python -m bench --only vectors_1m    # the 1M-vector Chroma build (about an hour on 2 cores; opt-in)
     python -m bench --list
+    python -m bench --render             # run nothing: re-render RESULTS.md from bench/results/
+
+The load tests (`python -m bench.load ...`) are in bench/load/.
 
 Each benchmark runs in its own child process (so peak-memory figures and thread settings of one
 cannot leak into the next), calls its module's `run(**config)` and hands back a result dict. Results
@@ -53,17 +56,10 @@ class Bench:
 SUITE: tuple[Bench, ...] = (
     Bench("pixel_query", "pixel_query", full={"queries": 30, "seed_queries": 3},
           quick={"queries": 10, "seed_queries": 1}),
-    Bench("pixel_sizes", "pixel_sizes", full={}, quick={"sizes": (16, 32)}),
     Bench("clip_query", "clip_query", full={"seed_queries": 2, "queries": 20},
           quick={"seed_queries": 1, "queries": 5, "library_limit": 30}),
     Bench("build_vs_seed", "build_vs_seed", full={"limit": 128, "repeats": 3},
           quick={"limit": 16, "repeats": 1, "models": ("effnet",)}),
-    Bench("inference", "inference", full={"batch_sizes": (1, 16, 64), "e2e_images": 96},
-          quick={"models": ("effnet",), "batch_sizes": (1, 16), "threads": (2,), "try_compile": False,
-                 "e2e_images": 32, "seconds": 1.0, "repeats": 1, "policy_probe": False}),
-    Bench("precision", "precision", full={"batch_sizes": (1, 8, 16, 32, 64), "seconds": 3.0},
-          quick={"models": ("effnet",), "batch_sizes": (8, 16), "seconds": 0.5, "e2e_images": 16}),
-    Bench("decode", "decode", full={}, quick={"models": ("effnet",), "photos": 16, "big": 2, "repeats": 1}),
     Bench("fashion_mnist", "fashion", full={"test": 500},
           quick={"train": 3000, "test": 100, "backbone_train": 200, "throughput_images": 64, "latency_queries": 20}),
     Bench("vectors", "vectors", full={"sizes": (10_000, 100_000), "server_n": 100_000,
@@ -74,27 +70,21 @@ SUITE: tuple[Bench, ...] = (
                                          "exact_sizes": (10_000, 100_000, 1_000_000), "name": "vectors_1m",
                                          "ef_sweep": (50, 100, 200, 400, 800), "dataset": "embedding-like"},
           default=False),
-    # Chroma HNSW build settings and ef_search by collection size (about 20 min on 2 cores; opt-in).
-    Bench("hnsw_settings", "hnsw_settings", full={}, quick={"sizes": (2_000, 5_000), "settings": ((16, 100), (32, 200)),
-                                                          "queries": 50, "ef_sweep": (50, 200)}, default=False),
-    # The same table at 1,000,000 vectors for the settings either side of the product's (M=32/200 is in
-    # vectors_1m): about 25 min (16/100) and over an hour (48/300) of both cores; opt-in.
-    Bench("hnsw_1m", "hnsw_settings", full={"sizes": (100_000, 1_000_000), "settings": ((16, 100), (48, 300)),
-                                            "ef_sweep": (100, 200, 400, 800), "name": "hnsw_1m"}, default=False),
-    # The product's setting at 1M on 256-d vectors: what a smaller embedding buys (about 30 min; opt-in).
-    Bench("hnsw_1m_256d", "hnsw_settings", full={"sizes": (100_000, 1_000_000), "settings": ((32, 200),), "dim": 256,
-                                                 "ef_sweep": (100, 200, 400, 800), "name": "hnsw_1m_256d"},
-          default=False),
-    Bench("streaming", "streaming", full={}, quick={"sizes": (64, 256), "side": 1024}),
-    Bench("gpu", "gpu", full={}, quick={"limit": 16, "batch": 8, "seconds": 1.0}),
     Bench("rerank_speed", "rerank_speed", full={"queries": 30}, quick={"queries": 5, "fashion_train": 5000}),
     Bench("duplicates", "duplicates", full={"photos": 100}, quick={"photos": 20}),
     # The app engineer's script (no run()): its printout is kept as is. It builds an effnet index of
     # the sample library first (minutes on 2 cores), so quick runs leave it out.
-    Bench("app_latency", "app_latency", script_args=()),
-    # Issue 14: the app under prlimit --as with hostile uploads at its configured concurrency.
-    Bench("hostile_memory", "hostile_memory", full={"seconds": 60}, quick={"seconds": 10}),
+    Bench("app_latency", "load.app_latency", script_args=()),
+    # The app under prlimit --as with hostile uploads at its configured concurrency.
+    Bench("hostile_memory", "load.hostile_memory", full={"seconds": 60}, quick={"seconds": 10}),
 )
+# One-off studies whose conclusions are now constants in the code (batch sizes, precision policy,
+# draft decoding, HNSW settings, the default pixel size...). Their modules were removed after
+# STUDIES_COMMIT; their last results stay in bench/results/ and RESULTS.md. To run one again:
+#     git checkout STUDIES_COMMIT && python -m bench --only NAME
+STUDIES_COMMIT = "605ac014295c54a3db557ce2e1b02b75ae39ff13"
+RETIRED: tuple[str, ...] = ("pixel_sizes", "inference", "precision", "decode", "hnsw_settings", "hnsw_1m",
+                            "hnsw_1m_256d", "streaming", "gpu")
 BY_NAME = {b.name: b for b in SUITE}
 
 
@@ -154,15 +144,24 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every stored result, the suite's and the retired studies' (kept as the record of what they found)."""
     out = {}
-    for b in SUITE:
-        path = results_dir / f"{b.name}.json"
+    for name in [*BY_NAME, *RETIRED]:
+        path = results_dir / f"{name}.json"
         if path.is_file():
             try:
-                out[b.name] = json.loads(path.read_text("utf-8"))
+                out[name] = json.loads(path.read_text("utf-8"))
             except ValueError:
                 pass
     return out
+
+
+def section(r: dict[str, Any], level: int) -> list[str]:
+    """One result's Markdown, with a footer of how it ran."""
+    m = r.get("machine") or {}
+    return [render(r, level=level).rstrip(), "",
+            f"<sub>{r.get('mode', '?')} mode; load average at start {m.get('load_average')}; torch threads "
+            f"{m.get('torch_threads')}; config `{json.dumps(r.get('config'), default=str)}`</sub>", ""]
 
 
 def render_all(results: dict[str, dict[str, Any]], command: str) -> str:
@@ -180,24 +179,28 @@ def render_all(results: dict[str, dict[str, Any]], command: str) -> str:
                   f"- {m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('memory_gb')} GB RAM, "
                   f"GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
                   f"- {versions}",
-                  f"- Benchmark processes ran with OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')} (see the inference "
-                  "section for why).",
+                  f"- Benchmark processes ran with OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')} (why: "
+                  "docs/benchmarks.md, \"Threads on a shared computer\").",
                   "- Load average when each section started is in its footer: this machine is shared, and "
                   "other jobs running at the same time slow every figure (the ratios less so, since both "
                   "sides of a ratio are measured back to back).", ""]
-    checks = [(name, c) for name, r in results.items() for c in r.get("checks", [])]
+    checks = [(name if name in BY_NAME else f"{name} (retired)", c)
+              for name, r in results.items() for c in r.get("checks", [])]
     if checks:
         lines += ["## Targets", "", "| benchmark | target | required | this run | |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {c['what']} | {c['target']} | {c['value']} | {mark(c['met'])} |" for name, c in checks]
         lines.append("")
     for b in SUITE:
-        r = results.get(b.name)
-        if r is None:
-            continue
-        lines.append(render(r, level=2).rstrip())
-        m = r.get("machine") or {}
-        lines += ["", f"<sub>{r.get('mode', '?')} mode; load average at start {m.get('load_average')}; "
-                      f"torch threads {m.get('torch_threads')}; config `{json.dumps(r.get('config'), default=str)}`</sub>", ""]
+        if b.name in results:
+            lines += section(results[b.name], level=2)
+    retired = [name for name in RETIRED if name in results]
+    if retired:
+        lines += ["## Retired studies", "",
+                  "One-off studies whose conclusions are now constants in the code; their modules left the suite "
+                  f"after commit {STUDIES_COMMIT[:12]}. Their last results follow. To run one again: "
+                  f"`git checkout {STUDIES_COMMIT[:12]} && python -m bench --only NAME`.", ""]
+        for name in retired:
+            lines += section(results[name], level=3)
     return "\n".join(lines) + "\n"
 
 
@@ -243,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--omp-wait-policy", default="PASSIVE",
                     help="OMP_WAIT_POLICY for the benchmark processes (default PASSIVE; '' leaves it unset). "
                          "On a shared machine the default spinning policy makes every torch parallel region "
-                         "wait for descheduled threads (bench/inference.py measures both)")
+                         "wait for descheduled threads (docs/benchmarks.md, 'Threads on a shared computer')")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and their configs")
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: re-render the report from the stored results (e.g. after a retirement)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -256,7 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print_suite()
         return 0
+    if args.render:
+        command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        atomic.write_bytes(args.out, render_all(load_results(args.results), command).encode("utf-8"))
+        print(f"wrote {args.out}")
+        return 0
     unknown = [n for n in (args.only or []) + args.skip if n not in BY_NAME]
+    retired = [n for n in unknown if n in RETIRED]
+    if retired:
+        ap.error(f"{', '.join(retired)}: retired studies (their results stay in bench/RESULTS.md); to run one "
+                 f"again: git checkout {STUDIES_COMMIT[:12]} && python -m bench --only {retired[0]}")
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BY_NAME)}")
     chosen = [b for b in SUITE if (b.name in args.only if args.only else b.default) and b.name not in args.skip]

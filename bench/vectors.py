@@ -21,10 +21,8 @@ chunks over threads) plus top_k, single query, at each size in exact_sizes.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +35,8 @@ import numpy as np
 from retrieval.metrics import PreparedMatrix, top_k
 from retrieval.vectorstore import HNSW
 
-from .common import (PeakMemory, add_check, add_table, cpu_seconds, fmt_ms, hwm_mb, median_ms, percentile_ms, print_result,
-                     result, rss_mb, stop_process, stopwatch, timed)
+from .common import (PeakMemory, add_check, add_table, cli, cpu_seconds, fmt_ms, free_port, hwm_mb, median_ms,
+                     percentile_ms, result, rss_mb, stop_process, stopwatch, timed)
 
 log = logging.getLogger(__name__)
 EF_SWEEP = (100, 200, 400, 800, 1600)
@@ -123,12 +121,6 @@ def open_collection(path: Path, ef_search: int | None = None, create: bool = Fal
         del col, client
         return open_collection(path)
     return client, col
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chroma_server(path: Path, port: int) -> subprocess.Popen:
@@ -308,20 +300,5 @@ def run(sizes: tuple[int, ...] = (10_000, 100_000), server_n: int = 100_000,
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
-    ap.add_argument("--server-n", type=int, default=100_000)
-    ap.add_argument("--exact-sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--dataset", choices=sorted(DATASETS), default="random")
-    ap.add_argument("--workdir", default=None, help="where the temporary databases go (default: the temp dir)")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    print_result(run(tuple(args.sizes), args.server_n, tuple(args.exact_sizes), args.queries, workdir=args.workdir,
-                     dataset=args.dataset))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run)

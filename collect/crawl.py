@@ -165,12 +165,19 @@ def _img_source(img: Any, base_url: str) -> str | None:
     return None
 
 
+def _href(tag: Any) -> str:
+    """A tag's href. bs4 types attribute values as text or a list (for multi-valued attributes such
+    as class); href is single-valued, so a list here can only be its one value split."""
+    value = tag["href"]
+    return value if isinstance(value, str) else " ".join(value)
+
+
 def extract_photos(html: str, page_url: str) -> dict[str, str | None]:
     """{large-size photo URL: its photo page or None} for every <img> in `html`, decoys dropped,
     first occurrence kept. The photo page is the link around the thumbnail, where there is one."""
     soup = BeautifulSoup(html, "html.parser")
     base = soup.find("base", href=True)
-    base_url = urljoin(page_url, base["href"]) if base else page_url
+    base_url = urljoin(page_url, _href(base)) if base else page_url
     photos: dict[str, str | None] = {}
     for img in soup.find_all("img"):
         if _is_decoy_tag(img):
@@ -178,7 +185,7 @@ def extract_photos(html: str, page_url: str) -> dict[str, str | None]:
         url = _img_source(img, base_url)
         if url is not None:
             link = img.find_parent("a", href=True)
-            page = urljoin(base_url, link["href"]) if link is not None else None
+            page = urljoin(base_url, _href(link)) if link is not None else None
             photos.setdefault(to_large_size(url), page if page and urlsplit(page).scheme in ("http", "https") else None)
     return photos
 

@@ -6,8 +6,8 @@ One conversion in each direction, used by the Hub commands and by the offline te
   names, the same for every split) and `file` (the original file name, so pull restores the
   same names and the index's content hashes stay valid).
 - `write_hub_folder(dd, folder)`: the repo's files: data/<split>-NNNNN-of-NNNNN.parquet (the layout
-  `push_to_hub` uses, so `load_dataset(repo_id)` works), README.md (dataset card with YAML
-  metadata) and the attribution / split records from data/.
+  `push_to_hub` uses, so `load_dataset(repo_id)` works), README.md (the dataset card,
+  collect.hub_card) and the attribution / split records from data/.
 - `read_hub_folder(folder)` and `datasetdict_to_data(dd, data)` go back; every class and file
   name is checked so that nothing can be written outside data/.
 `push` uploads the folder with HfApi (create_repo + upload_folder, repo_type="dataset"); `pull`
@@ -22,12 +22,10 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import huggingface_hub
-import yaml
 from huggingface_hub import HfApi, snapshot_download
 
 from retrieval.atomic import write_bytes
@@ -35,6 +33,7 @@ from retrieval.attribution import read_attribution
 from retrieval.errors import LibraryError, LookalikeError
 from retrieval.paths import ATTRIBUTION, ATTRIBUTION_MD, HUB_INDEX
 
+from .hub_card import PROVENANCE_COLUMNS, class_names, dataset_card, summarise_attribution
 from .split import SPLITS, list_classes
 
 log = logging.getLogger(__name__)
@@ -42,24 +41,11 @@ log = logging.getLogger(__name__)
 CARRIED_FILES = (ATTRIBUTION, ATTRIBUTION_MD, "split.json")  # copied data/ <-> repo root
 SHARD_BYTES = 400 * 2 ** 20
 SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{5}-of-\d{5}\.parquet$")
-HF_LICENSES = {  # normalised stated licence -> Hub licence id
-    "cc0": "cc0-1.0", "cc0-1.0": "cc0-1.0", "cc-by-4.0": "cc-by-4.0", "cc-by-3.0": "cc-by-3.0",
-    "cc-by-2.0": "cc-by-2.0", "cc-by-sa-4.0": "cc-by-sa-4.0", "cc-by-sa-3.0": "cc-by-sa-3.0",
-    "cc-by-nc-4.0": "cc-by-nc-4.0", "gpl-2": "gpl-2.0", "gpl-2.0": "gpl-2.0", "gpl-3": "gpl-3.0",
-    "gpl-3.0": "gpl-3.0", "mit": "mit", "apache-2.0": "apache-2.0", "pddl": "pddl",
-}
 MAGIC_EXT = ((b"\xff\xd8", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
 
 
 class HubError(LookalikeError):
     """No token, or the Hub refused the request; the message says what to do."""
-
-
-# Per-image provenance columns, from data/ATTRIBUTION.json ("" where a record does not say):
-# source_url = the image's URL, page_url = its photo page, licence = the record's licence,
-# licence_filter = the licence ids the crawl's search asked for ("none": no filter).
-PROVENANCE_COLUMNS = {"source_url": "url", "page_url": "page_url", "licence": "licence",
-                      "licence_filter": "licence_filter"}
 
 
 def _features(classes: list[str]):
@@ -106,12 +92,6 @@ def data_to_datasetdict(data_dir: Path):
         out[split] = ds.with_format("arrow").map(embed_table_storage, batched=True,
                                                  desc=f"reading {split}").with_format(None)
     return out
-
-
-def _class_names(dd) -> list[str]:
-    first = next(iter(dd.values()))
-    label = first.features["label"]
-    return list(label.names) if hasattr(label, "names") else sorted({str(x) for ds in dd.values() for x in ds["label"]})
 
 
 MAX_NAME_BYTES = 255   # NAME_MAX of common file systems: a longer name fails at write time
@@ -207,7 +187,7 @@ def datasetdict_to_data(dd, data_dir: Path) -> dict[str, Any]:
     if not len(dd):
         raise LibraryError("the dataset has no splits; a Lookalike dataset has train (and test) splits")
     plans = _plan_rows(dd, data_dir)   # the whole dataset is checked before anything is written
-    classes = _class_names(dd)
+    classes = class_names(dd)
     written = unchanged = 0
     for split, ds in dd.items():
         rows = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
@@ -233,92 +213,6 @@ def _sniff_ext(data: bytes) -> str:
 
 # ---- the repo's files ---------------------------------------------------------------------------
 
-def _summarise_attribution(data_dir: Path) -> tuple[Counter, Counter] | None:
-    """(images per licence, images per source) from data/ATTRIBUTION.json, if it has usable records."""
-    attribution = read_attribution(Path(data_dir))
-    if attribution.problem:
-        log.warning("%s (in %s)", attribution.problem, data_dir)
-    if not attribution.records:
-        return None
-    return attribution.licences, attribution.sources
-
-
-def hub_license(licences: Iterable[str]) -> str:
-    """The card's `license`: the Hub id when all images share one known licence, else 'other'."""
-    ids = {HF_LICENSES.get(re.sub(r"[\s_]+", "-", str(x).strip().lower())) for x in licences}
-    return ids.pop() if len(ids) == 1 and None not in ids else "other"
-
-
-def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if n < limit:
-            return name
-    return "n>1M"
-
-
-def dataset_card(dd, repo_id: str, *, attribution: tuple[Counter, Counter] | None = None,
-                 license: str | None = None) -> str:
-    """README.md: YAML metadata (license, task, configs, features) plus classes, counts, sources."""
-    classes = _class_names(dd)
-    per_class = {s: Counter(ds["label"]) for s, ds in dd.items()}
-    total = sum(len(ds) for ds in dd.values())
-    lic = license or (hub_license(attribution[0]) if attribution else "other")
-    meta: dict[str, Any] = {
-        "license": lic,
-        **({"license_name": "mixed" if attribution else "flickr-photo-licences"} if lic == "other" else {}),
-        "task_categories": ["image-classification"],
-        "pretty_name": f"Lookalike library ({repo_id.split('/')[-1]})",
-        "size_categories": [_size_category(total)],
-        "tags": ["image-retrieval", "lookalike"],
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in dd]}],
-        "dataset_info": {
-            "features": [{"name": "image", "dtype": "image"},
-                         {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(classes)}}}},
-                         {"name": "file", "dtype": "string"},
-                         *[{"name": c, "dtype": "string"} for c in PROVENANCE_COLUMNS
-                           if c in next(iter(dd.values())).column_names]],
-            "splits": [{"name": s, "num_examples": len(ds)} for s, ds in dd.items()],
-        },
-    }
-    lines = [
-        "---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-        f"# {meta['pretty_name']}", "",
-        f"An image-retrieval library for Lookalike: {total} images in {len(classes)} classes "
-        f"({', '.join(f'{len(ds)} {s}' for s, ds in dd.items())}). Each image keeps its original bytes; "
-        "`label` is the class, `file` the original file name.", "",
-        "```python", "from datasets import load_dataset", f'ds = load_dataset("{repo_id}")', "```", "",
-        f"Restore the folder layout `data/<split>/<class>/<file>` with "
-        f"`python build_index.py pull --repo-id {repo_id} --data data`.", "",
-        "## Classes", "", "| class | " + " | ".join(dd) + " |", "|---|" + "---|" * len(dd),
-        *[f"| {c} | " + " | ".join(str(per_class[s][i]) for s in dd) + " |" for i, c in enumerate(classes)],
-        "", "## Sources and licences", "",
-    ]
-    if attribution:
-        licences, sources = attribution
-        lines += ["Summarised from `ATTRIBUTION.json` (per-image or per-data-set records, included in this repo):", "",
-                  "| licence | images |", "|---|---|",
-                  *[f"| {k} | {v} |" for k, v in licences.most_common()], "",
-                  "| source | images |", "|---|---|", *[f"| {k} | {v} |" for k, v in sources.most_common()], ""]
-    else:
-        lines += ["The images were collected from public web search results (Flickr by default) by "
-                  "`python build_index.py crawl` and `download`. Each photo remains under its owner's "
-                  "licence, which this dataset does not change; check a photo's licence on its source "
-                  "page before reusing it outside research and teaching.", ""]
-    if "source_url" in next(iter(dd.values())).column_names:
-        lines += ["## Provenance columns", "",
-                  "- `source_url`: the URL the image was downloaded from (empty for images that were not crawled).",
-                  "- `page_url`: the photo's page on the source site, where the search result linked one; "
-                  "its licence and author are stated there.",
-                  "- `licence`: the licence of the image's attribution record. For crawled images it is the "
-                  "search's licence filter, e.g. `CC/PD:flickr-license=1,2,3,4,5,6,9,10`: the photo is under one "
-                  "of those Creative Commons / public-domain licences (Flickr ids 1-6 CC 2.0, 9 CC0, 10 Public "
-                  "Domain Mark); check `page_url` for which one before reuse.",
-                  "- `licence_filter`: the licence ids the crawl asked the search page for (`none`: no filter, "
-                  "so the licence is unknown and may be all rights reserved).", ""]
-    return "\n".join(lines)
-
-
 def _shards(ds, max_bytes: int) -> int:
     return max(1, math.ceil(ds.data.nbytes / max_bytes))
 
@@ -335,7 +229,7 @@ def write_hub_folder(dd, folder: Path, *, repo_id: str, data_dir: Path | None = 
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             ds.shard(n, i, contiguous=True).to_parquet(str(folder / rel))
             files.append(rel)
-    attribution = _summarise_attribution(data_dir) if data_dir is not None else None
+    attribution = summarise_attribution(data_dir) if data_dir is not None else None
     (folder / "README.md").write_text(dataset_card(dd, repo_id, attribution=attribution, license=license), "utf-8")
     files.append("README.md")
     for name in CARRIED_FILES:
@@ -395,7 +289,7 @@ def stage_index(index_dir: Path, folder: Path) -> list[str]:
             shutil.copy2(index_dir / name, folder / HUB_INDEX / name)
             files.append(f"index/{name}")
     chroma = (manifest.chroma or {}).get("path")
-    if manifest.chroma and manifest.chroma.get("mode") == "embedded" and (index_dir / chroma).is_dir():
+    if (manifest.chroma or {}).get("mode") == "embedded" and isinstance(chroma, str) and (index_dir / chroma).is_dir():
         shutil.copytree(index_dir / chroma, folder / HUB_INDEX / chroma)
         files += [f"index/{p.relative_to(index_dir).as_posix()}" for p in sorted((index_dir / chroma).rglob("*"))
                   if p.is_file()]
@@ -429,7 +323,7 @@ def push(data_dir: Path, repo_id: str, *, private: bool = False, license: str | 
                            f"{str(exc).splitlines()[0] if str(exc) else ''}. Check the repo id, your "
                            "network and that the token may write to it.") from None
     summary = {"repo_id": repo_id, "url": f"https://huggingface.co/datasets/{repo_id}", "files": files,
-               "classes": len(_class_names(dd)), **counts}
+               "classes": len(class_names(dd)), **counts}
     log.info("push: %s images in %d classes -> %s", counts, summary["classes"], summary["url"])
     return summary
 

@@ -95,7 +95,7 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     out: list[IPAddress] = []
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])   # an IPv6 address may carry a %zone
         if ip not in out:
             out.append(ip)
     return out

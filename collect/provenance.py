@@ -73,10 +73,11 @@ def write_provenance(urls_path: Path, *, search_url: str, licences: str | None,
 def _record(item: Mapping[str, Any], photo: Mapping[str, Any], default_filter: str) -> dict:
     url = item["url"]
     licences = photo.get("licence_filter") or default_filter
+    label: dict[str, Any] = {"class": item.get("term")}   # `class` is a keyword: passed as **label
     return make_record(source=urlsplit(photo.get("search_page") or url).hostname or "unknown",
                        licence=licence_text(licences), licence_filter=licences or NO_FILTER,
                        url=url, page_url=photo.get("page_url"), term=item.get("term"),
-                       file=item["file"], **{"class": item.get("term")})
+                       file=item["file"], **label)
 
 
 def write_raw_attribution(raw_dir: Path, urls_path: Path) -> int:

@@ -1,10 +1,12 @@
-"""The downloader's transport: a total deadline per attempt, connections that only reach checked
-addresses, and SIGTERM as an interruption. Split from collect.download, which drives them.
+"""The downloader's HTTP plumbing: a total deadline per attempt, connections that only reach checked
+addresses, per-thread sessions, the per-host rate limiter, Retry-After, and SIGTERM as an
+interruption. collect.fetch drives them for one URL, collect.download for a whole run.
 
 - requests' read timeout bounds each silence, not the whole transfer: a server that drips one
   byte every few seconds never trips it. `Deadline` does (see below).
 - Every direct connection resolves its host once, checks every address (collect.netguard) and
   connects to those very addresses: no SSRF, no DNS rebinding between the check and the connect.
+- Politeness is per host and shared by all worker threads (`HostRateLimiter`).
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+from urllib.parse import urlsplit
 
+import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -37,7 +42,8 @@ class Deadline:
     """One attempt's total time budget; fired means the socket was shut down at the deadline."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds, self.fired, self.at = seconds, False, None
+        self.seconds, self.fired = seconds, False
+        self.at: float | None = None   # when the deadline fires (monotonic clock), once started
         self._sock: socket.socket | None = None
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
@@ -74,7 +80,13 @@ class Deadline:
             self._timer.cancel()
 
 
-class _Watched:
+if TYPE_CHECKING:   # the mixin's attributes come from urllib3's HTTPConnection, its partner below
+    _ConnectionBase = HTTPConnection
+else:
+    _ConnectionBase = object
+
+
+class _Watched(_ConnectionBase):
     def _new_conn(self) -> socket.socket:
         """Connect only to addresses netguard approved, resolved once (see collect.netguard).
         Through a proxy the proxy resolves the name: the per-hop check before the request applies."""
@@ -156,3 +168,105 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class ThreadSessions:
+    """One requests.Session per worker thread (a Session is not thread-safe), each mounted on
+    DeadlineAdapter, so every connection reports its socket to the thread's current Deadline."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+        self._local = threading.local()
+        self._all: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> requests.Session:
+        """This thread's session, made on first use."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            for prefix in ("http://", "https://"):
+                session.mount(prefix, DeadlineAdapter())
+            session.headers.update(self.headers)
+            self._local.session = session
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def drop(self) -> None:
+        """Forget this thread's session (its connection was shut down by the deadline)."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def close(self) -> None:
+        """Close every thread's session."""
+        with self._lock:
+            for session in self._all:
+                session.close()
+            self._all.clear()
+
+
+# ---- politeness -----------------------------------------------------------------------------
+
+class HostRateLimiter:
+    """Per-host politeness: one request in flight per host, and the next one starts at least
+    `delay` seconds after the previous one's response headers arrived.
+
+    A per-host next-allowed time and busy flag under one lock (a Condition): a thread bound for a
+    busy or resting host waits on the condition, so threads bound for other hosts go ahead. Timing
+    from the previous *response* (not the previous start) makes the spacing hold as the server
+    sees it: request k+1 cannot reach it less than `delay` after request k did.
+    """
+
+    def __init__(self, delay: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.delay = max(0.0, delay)
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        """Hold the host's slot for the duration of the block (send the request, get the headers)."""
+        with self._cond:
+            while True:
+                now = self._clock()
+                ready_at = self._next.get(host, now)
+                if host not in self._busy and now >= ready_at:
+                    self._busy.add(host)
+                    break
+                self._cond.wait(None if host in self._busy else ready_at - now)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy.discard(host)
+                self._next[host] = max(self._next.get(host, 0.0), self._clock() + self.delay)
+                self._cond.notify_all()
+
+    def defer(self, host: str, seconds: float) -> None:
+        """Rest the host for at least `seconds` from now (Retry-After, backoff after a 5xx)."""
+        with self._cond:
+            self._next[host] = max(self._next.get(host, 0.0), self._clock() + seconds)
+            self._cond.notify_all()
+
+
+def host_key(url: str) -> str:
+    """The limiter's key: the host name without the port (one server, one budget)."""
+    return (urlsplit(url).hostname or "").lower()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -59,6 +59,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         # The model loads before the timed query (pixel-only: search_composed refuses at once).
         loaded, load_secs = index.prepare(method) if method else (set(), 0.0)
         hits, secs = index.search_composed(terms, method, args.k)
+        assert method is not None   # search_composed refuses a pixel-only index, the one case without a method
         print("# composed query: " + " ".join(f"{t.weight:+g}*{t.text!r}" if t.is_text else f"{t.weight:+g}*{t.name}"
                                               for t in terms))
         _print_hits(hits, method, index.parse_method(method), secs, loaded, load_secs)

@@ -167,7 +167,8 @@ def similar_pairs(feats: Sequence[np.ndarray], threshold: float) -> tuple[np.nda
         if found > MAX_PAIRS:
             raise LookalikeError(f"over {MAX_PAIRS:,} pairs reach the threshold {threshold}: that is far too "
                                  "low for near-duplicates; raise --threshold (e.g. to the default)")
-    cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
+    def cat(parts: list[np.ndarray], dt: type) -> np.ndarray:
+        return np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
     return cat(out_i, np.int64), cat(out_j, np.int64), cat(out_s, np.float32)
 
 

@@ -105,7 +105,7 @@ def bootstrap_ci(aps: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = SEED,
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
-def method_stats(relevant: Sequence[np.ndarray], n_rel: Sequence[int], labels: np.ndarray,
+def method_stats(relevant: Sequence[np.ndarray], n_rel: Sequence[int] | np.ndarray, labels: np.ndarray,
                  ks: Sequence[int] = KS) -> dict[str, Any]:
     """P@k, mAP, its bootstrap interval and AP per class from each query's relevance vector."""
     aps = np.array([average_precision(r, int(nr)) for r, nr in zip(relevant, n_rel)])
@@ -167,7 +167,9 @@ def build_pool(index: LookalikeIndex, data_dir: Path | None = None,
     sources = list(sources or index.sources())
     vectors = {}
     for src in sources:
-        lib = index.pixels.data if src == "pixel" else index.embeddings.data
+        matrix = index.pixels if src == "pixel" else index.embeddings
+        assert matrix is not None, "index.sources() names the embedder only when there are embeddings"
+        lib = matrix.data
         vectors[src] = np.concatenate([np.asarray(lib), index.query_vectors(images, src).astype(lib.dtype)]) \
             if images else np.asarray(lib)
     shas = [it["sha256"] for it in index.manifest.items] + [file_sha256(data_dir / r) for r in rels]
@@ -188,6 +190,7 @@ def _fold_scores(pool: Pool, m: Method, settings: Settings | None, lib: np.ndarr
     if not (m.dba or m.qe):
         scores = PreparedMatrix(vec[lib]).scores(vec[q], m.metric).reshape(int(q.sum()), -1)
         return scores if m.higher_is_better else -scores
+    assert settings is not None and side is not None, "a re-ranked method comes with its settings and side"
     queries = space_rows(vec[q], settings, pool.pixel_size if m.source == "pixel" else None)
     return rerank_scores(queries, side, settings, m.dba, m.qe)
 
@@ -213,7 +216,10 @@ def kfold_method_aps(pool: Pool, m: Method, folds: np.ndarray, settings: Setting
     shas = np.array(pool.shas)
     for f in np.unique(folds):
         q, lib = folds == f, folds != f
-        side = kfold_library_side(pool, m.source, folds, int(f), settings, m.dba) if (m.dba or m.qe) else None
+        side = None
+        if m.dba or m.qe:
+            assert settings is not None, "a re-ranked method is evaluated with its settings"
+            side = kfold_library_side(pool, m.source, folds, int(f), settings, m.dba)
         scores = _fold_scores(pool, m, settings, lib, q, side)
         skip = shas[q][:, None] == shas[lib][None, :]
         a, p = _aps_from_scores(scores, pool.labels[q], pool.labels[lib], skip, ks)
@@ -269,7 +275,8 @@ def tune_table(index: LookalikeIndex, source: str, *, folds: int = FOLDS, seed: 
             for a in ALPHAS:
                 s = replace(base, k=k, alpha=a)
                 grid.setdefault(suffix, {})[f"{k}/{a:g}"] = float(kfold_method_aps(pool, m, fold_of, s)[0].mean())
-    best = max(grid["+dba+qe"], key=grid["+dba+qe"].get)
+    table = grid["+dba+qe"]
+    best = max(table, key=lambda cell: table[cell])
     k_best, a_best = best.split("/")
     chosen = replace(base, k=int(k_best), alpha=float(a_best))
     plain = index.parse_method(f"{source}-{base.metric}")

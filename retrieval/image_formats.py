@@ -79,7 +79,7 @@ def frames_at_most(img: Image.Image, limit: int = MAX_FRAMES) -> int:
     and stop past the limit; the other formats state their frame count in the header."""
     if img.format not in ("TIFF", "GIF"):
         return int(getattr(img, "n_frames", 1) or 1)
-    fp = img.fp
+    fp = getattr(img, "fp", None)   # an ImageFile's open file; an image made in memory has none
     if fp is None:
         return 1
     where = fp.tell()

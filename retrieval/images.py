@@ -246,8 +246,10 @@ def _plan(img: Image.Image, copies: int, side: int | None, label: str) -> int:
     if img.format == "JPEG2000":
         level = formats.j2k_reduction(img.size, side)
         if level:
-            img.reduce = level   # type: ignore[method-assign]   # Jpeg2KImageFile's decode level
-            size = tuple((n + ((1 << level) >> 1)) >> level for n in img.size)   # Pillow's rounding
+            # Jpeg2KImageFile's decode level shadows Image.reduce(), the method Pillow's types declare.
+            img.reduce = level   # type: ignore[assignment]
+            half = (1 << level) >> 1
+            size = ((img.size[0] + half) >> level, (img.size[1] + half) >> level)   # Pillow's rounding
     own = formats.decoder_bytes(img, size)   # before draft(): coefficients stay at full size
     if side and img.format in ("JPEG", "MPO") and min(img.size) >= 2 * side:
         img.draft("RGB", (side, side))

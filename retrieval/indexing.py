@@ -106,9 +106,10 @@ def _load_array(index_dir: Path, name: str | None, manifest: Manifest | None = N
 def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = None,
                 model: str | None = None, chroma_url: str | None = None,
                 evaluate: bool = True, batch_size: int = 32, labels: str = "auto",
-                precision: str = "fp32", rerank: str = "auto") -> dict[str, Any]:
+                precision: str = "fp32", rerank: str = "auto", lock_wait: float = 0.0) -> dict[str, Any]:
     """Build or update the index of the library DATA (any layout, see retrieval.library) under
     INDEX; returns a summary for logs and tests. `labels`: "auto", "folders" or "none".
+    `lock_wait`: seconds to wait for another build of INDEX to finish (@locked_build takes the lock).
     `precision`: "fp32", "bf16" or "auto" (bf16 where the CPU runs it natively and faster; the
     command line's default), see retrieval.embedders.precision. `rerank`: "auto" (DBA and QE for
     each source whose re-ranking rows fit retrieval.rerank.DBA_AUTO_MAX_BYTES), "on" or "off".
@@ -155,6 +156,7 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
         atomic.save_npy(index_dir / manifest.pixels_file, rows.pixels)
         if embedder is not None:
             manifest.embedder = _embedder_record(embedder, model, token, rows.reads, batch_size)
+            assert rows.vectors is not None   # _build_rows makes vectors whenever there is an embedder
             atomic.save_npy(index_dir / manifest.embedder["file"], rows.vectors)
             manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url, old)
         from .rerank import build_library_side   # DBA from the current library (retrieval.rerank)
@@ -237,14 +239,16 @@ def _build_rows(data_dir: Path, index_dir: Path, old: Manifest | None, items: li
     """Reuse the old index's rows for unchanged files; read every other file once (retrieval.reading)
     for its hash, pixel row and vector. Rows are reused only from vectors of the same model *and*
     precision: the manifest's precision then describes every row."""
+    old_items = old.items if old else None
     old_pixels = _load_array(index_dir, old.pixels_file, old) if old and old.pixel_size == size else None
-    pixel_reuse = _reuse_rows(old.items if old_pixels is not None else None, items)
-    old_vectors, vector_reuse = None, {}
+    pixel_reuse = _reuse_rows(old_items if old_pixels is not None else None, items)
+    old_vectors: np.ndarray | None = None
+    vector_reuse: dict[int, int] = {}
     if embedder is not None:
-        same = bool(old and old.embedder and old.embedder["spec"] == embedder.spec
-                    and old.embedder.get("precision", "fp32") == embedder.precision)
-        old_vectors = _load_array(index_dir, old.embedder["file"], old) if same else None
-        vector_reuse = _reuse_rows(old.items if old_vectors is not None else None, items)
+        built = old.embedder if old else None
+        if built and built["spec"] == embedder.spec and built.get("precision", "fp32") == embedder.precision:
+            old_vectors = _load_array(index_dir, built["file"], old)
+        vector_reuse = _reuse_rows(old_items if old_vectors is not None else None, items)
     jobs = [Job(i, data_dir / it["path"], it["path"], it["sha256"], i not in pixel_reuse,
                 embedder is not None and i not in vector_reuse) for i, it in enumerate(items)]
     jobs = [j for j in jobs if j.pixels or j.vector]
@@ -258,15 +262,21 @@ def _build_rows(data_dir: Path, index_dir: Path, old: Manifest | None, items: li
     keep = [i for i in range(len(items)) if i not in reads.failed]
     pixels = np.zeros((len(keep), size * size * 3), dtype=np.uint8)
     vectors = np.zeros((len(keep), embedder.dim), dtype=np.float32) if embedder is not None else None
-    for new, i in enumerate(keep):
-        pixels[new] = reads.pixels[i] if i in reads.pixels else old_pixels[pixel_reuse[i]]
+    for new, i in enumerate(keep):   # a row not read here is reused, so its old array was loaded
+        pixels[new] = reads.pixels[i] if i in reads.pixels else _row(old_pixels, pixel_reuse[i])
         if vectors is not None:
-            vectors[new] = reads.vectors[i] if i in reads.vectors else old_vectors[vector_reuse[i]]
+            vectors[new] = reads.vectors[i] if i in reads.vectors else _row(old_vectors, vector_reuse[i])
     skipped = [skip_record(items[i]["path"], str(exc), exc.kind) for i, exc in sorted(reads.failed.items())]
     changed = set(reads.changed)
     return _Rows([{**items[i], "sha256": reads.sha256.get(i, items[i]["sha256"])} for i in keep], pixels, vectors,
                  skipped, reads, sum(1 for i in keep if i not in reads.pixels),
                  [new for new, i in enumerate(keep) if i in changed])
+
+
+def _row(old: np.ndarray | None, row: int) -> np.ndarray:
+    """Row `row` of an old array that a reuse map points into (so the array was loaded)."""
+    assert old is not None, "rows are reused only from an old array that loaded"
+    return old[row]
 
 
 def _embedder_record(embedder, model: str | None, token: str, reads: Reads, batch_size: int) -> dict[str, Any]:
@@ -284,7 +294,8 @@ def _set_build_precision(embedder, requested: str | None, previous: str | None) 
     requested = prec.check_precision(requested)
     if requested == "auto" and embedder.device.type == "cpu" and (
             previous == "fp32" or (previous == "bf16" and prec.native_bf16())):
-        chosen, why = previous, {"requested": requested, "why": f"kept the index's precision ({previous})"}
+        chosen: str = previous
+        why: dict[str, object] = {"requested": requested, "why": f"kept the index's precision ({previous})"}
     else:
         chosen, why = prec.resolve(embedder, requested)
     if chosen != embedder.precision:
@@ -318,10 +329,12 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
     refuse with "rerun the build" instead of answering from collections that no longer match it.
     """
     from .vectorstore import row_digest
+    emb = manifest.embedder
+    assert emb is not None, "only an index with embeddings has Chroma collections"
     record = {"mode": "server", "url": chroma_url} if chroma_url else {"mode": "embedded", "path": "chroma"}
-    record["prefix"] = f"lookalike-{manifest.embedder['name']}-{manifest.embedder['dim']}"
+    record["prefix"] = f"lookalike-{emb['name']}-{emb['dim']}"
     store, held = _open_store(index_dir, chroma_url, record["prefix"], old)
-    vectors = np.load(index_dir / manifest.embedder["file"], mmap_mode="r")
+    vectors = np.load(index_dir / emb["file"], mmap_mode="r")
     digests = [row_digest(v) for v in vectors]   # what each row's vector is, for the next sync
     wanted = {it["path"]: i for i, it in enumerate(manifest.items)}
     stale = [i for i in held if i not in wanted]
@@ -339,7 +352,7 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
     if rows:
         store.upsert([manifest.items[i]["path"] for i in rows], np.asarray(vectors[rows]),
                      [{"label": manifest.items[i]["label"], "path": manifest.items[i]["path"],
-                       "sha256": manifest.items[i]["sha256"], "spec": manifest.embedder["spec"],
+                       "sha256": manifest.items[i]["sha256"], "spec": emb["spec"],
                        "vector": digests[i]} for i in rows])
     log.info("chroma: %d upserted, %d deleted%s, %s", len(rows), len(held) if rewrite else len(stale),
              " (rewritten: every vector changed)" if rewrite else "", store.count())

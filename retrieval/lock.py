@@ -22,7 +22,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar, cast
 
 from .errors import IndexError_
 
@@ -99,12 +99,14 @@ def index_lock(index_dir: Path, wait_s: float = 0.0) -> Iterator[Path]:
 
 
 def locked_build(fn: F) -> F:
-    """Decorator for build_index(data_dir, index_dir, ..., lock_wait=0.0): run it under index_lock."""
-    params = list(inspect.signature(fn).parameters)
+    """Decorator for build_index(data_dir, index_dir, ..., lock_wait=0.0): run it under index_lock.
+    `fn` declares `lock_wait` itself, so its signature (and type checkers) know the argument."""
+    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, lock_wait: float = 0.0, **kwargs: Any) -> Any:
-        index_dir = kwargs["index_dir"] if "index_dir" in kwargs else args[params.index("index_dir")]
-        with index_lock(Path(index_dir), lock_wait):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with index_lock(Path(bound.arguments["index_dir"]), bound.arguments["lock_wait"]):
             return fn(*args, **kwargs)
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)

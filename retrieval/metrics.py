@@ -27,7 +27,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -270,7 +270,7 @@ def top_k(scores: np.ndarray, k: int, higher_is_better: bool,
 
 
 def top_k_rows(scores: np.ndarray, k: int, higher_is_better: bool,
-               exclude: "list[set[int]]") -> list[list[tuple[int, float]]]:
+               exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
     """Top-k (row, score) for each query's row of scores, leaving out that query's `exclude` rows."""
     out = []
     for row, skip in zip(scores, exclude):

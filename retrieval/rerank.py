@@ -263,12 +263,14 @@ def build_library_side(index_dir: Path, manifest: Any, token: str, chroma_url: s
     for source, fname in sources:
         s = settings_for(source)
         vectors = np.load(index_dir / fname, mmap_mode="r")
-        why = dba_plan(*vectors.shape, mode)
+        rows, dim = vectors.shape
+        why = dba_plan(rows, dim, mode)
         if why:
             record["skipped"][source] = why
             log.info("re-ranking: none for %s: %s", source, why)
             continue
         side = library_side(vectors, s, manifest.pixel_size if source == "pixel" else None)
+        assert side.dba is not None   # library_side computes DBA unless told not to
         name = f"dba-{source}.{token}.npy"
         atomic.save_npy(index_dir / name, side.dba)
         record["sources"][source] = {**s.to_json(), "dba_file": name}
@@ -402,5 +404,6 @@ class Reranker:
         for i, hits in enumerate(first):
             for j, (row, sim) in enumerate(hits):
                 idx[i, j], sims[i, j] = row, sim
+        assert side.dba is not None   # side() always loads the stored DBA rows
         expanded = expand(q, side.dba, s.k, s.alpha, neighbours=(idx, sims))
         return self._hnsw_hits(expanded, k, exclude)

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -25,6 +25,11 @@ from .errors import IndexError_, LookalikeError, ModelError
 from .images import QUERY_SIDE, ImageSource, load_image, resize_pixels
 from .manifest import Manifest
 from .metrics import METRICS, L1Pruner, PreparedMatrix, get_metric, top_k_rows
+
+if TYPE_CHECKING:   # loading them imports torch or chromadb: only when first used
+    from .embedders import Embedder
+    from .rerank import Reranker
+    from .vectorstore import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +103,9 @@ class LookalikeIndex:
         self.pixels = PreparedMatrix(self._array(manifest.pixels_file))
         emb = manifest.embedder
         self.embeddings = PreparedMatrix(self._array(emb["file"])) if emb else None
-        self._embedder = None
-        self._store = None
-        self._reranker = None
+        self._embedder: Embedder | None = None
+        self._store: VectorStore | None = None
+        self._reranker: Reranker | None = None
         # The model and the Chroma store load lazily, on first use; concurrent first queries from
         # any front end (the app's worker threads, a script's thread pool) must load them once.
         self._load_lock = threading.RLock()
@@ -162,7 +167,7 @@ class LookalikeIndex:
         self._embedder = embedder
 
     @property
-    def embedder(self):
+    def embedder(self) -> Embedder:
         """The index's own embedder, loaded on first use (pixel-only queries never load a model)."""
         if self._embedder is None:
             with self._load_lock:
@@ -170,10 +175,11 @@ class LookalikeIndex:
                     if not self.manifest.embedder:
                         raise IndexError_("this index has no embeddings; rebuild it with --model")
                     self.use_model(self.manifest.embedder["source"])
+        assert self._embedder is not None   # use_model set it or raised
         return self._embedder
 
     @property
-    def store(self):
+    def store(self) -> VectorStore:
         """The Chroma store, opened on first HNSW query and checked against the manifest."""
         if self._store is None:
             with self._load_lock:
@@ -195,14 +201,15 @@ class LookalikeIndex:
             return set(), 0.0
         before = self.loaded()
         t0 = time.perf_counter()
+        # Reading a lazy property loads it.
         if m.source != "pixel":
-            self.embedder
+            _ = self.embedder
         if m.hnsw and not m.reranked:
-            self.store
+            _ = self.store
         if m.reranked:   # the library side of re-ranking (and its Chroma collections), once
             self.reranker.side(m.source)
             if m.hnsw:
-                self.reranker.store
+                _ = self.reranker.store
         return self.loaded() - before, time.perf_counter() - t0
 
     # -- warming up (the app) ---------------------------------------------------------------
@@ -263,7 +270,7 @@ class LookalikeIndex:
             self._warm.join(timeout)
         return self.ready
 
-    def _open_store(self):
+    def _open_store(self) -> VectorStore:
         from .vectorstore import VectorStore
         rec = self.manifest.chroma
         if not rec:
@@ -294,7 +301,7 @@ class LookalikeIndex:
 
     # -- re-ranked methods (retrieval.rerank) --------------------------------------------------
     @property
-    def reranker(self):
+    def reranker(self) -> Reranker:
         """The re-ranked methods' state (library sides, DBA collections), created on first use."""
         if self._reranker is None:
             with self._load_lock:
@@ -305,13 +312,14 @@ class LookalikeIndex:
 
     def _reranked_methods(self) -> list[str]:
         from .rerank import method_names
-        record = (self.manifest.rerank or {}).get("sources") or {}
+        rerank = self.manifest.rerank or {}
+        record = rerank.get("sources") or {}
         names = []
         for source in self.sources():
             if source in record:
                 names += method_names(source, record[source].get("metric", "cosine"))
         emb = self.manifest.embedder
-        if emb and emb["name"] in record and self.manifest.chroma and self.manifest.rerank.get("chroma_prefix"):
+        if emb and emb["name"] in record and self.manifest.chroma and rerank.get("chroma_prefix"):
             names += method_names(emb["name"], record[emb["name"]].get("metric", "cosine"), hnsw=True)
         return names
 
@@ -358,6 +366,7 @@ class LookalikeIndex:
                 and np.asarray(vectors).dtype == np.uint8:   # exact, reads few full rows (metrics.L1Pruner)
             return [self._rank_pruned(v, k, skip) for v, skip in zip(vectors, exclude)]
         matrix = self.pixels if method.source == "pixel" else self.embeddings
+        assert matrix is not None, "parse_method offers embedding methods only when the index has embeddings"
         scores = matrix.scores(vectors, method.metric).reshape(len(vectors), -1)
         return top_k_rows(scores, k, method.higher_is_better, exclude)
 
@@ -375,7 +384,9 @@ class LookalikeIndex:
         if skip:
             mask = np.zeros(len(self.rels), dtype=bool)
             mask[list(skip)] = True
-        rows, scores = self.l1_pruner.top_k(vector, k, mask)
+        pruner = self.l1_pruner
+        assert pruner is not None, "rank() prunes only when the pruner exists"
+        rows, scores = pruner.top_k(vector, k, mask)
         return [(int(i), float(s)) for i, s in zip(rows, scores)]
 
     def _rank_hnsw(self, vectors: np.ndarray, method: Method, k: int,
@@ -428,7 +439,9 @@ class LookalikeIndex:
             name = (self.manifest.embedder or {}).get("spec", "pixels only")
             raise ModelError(f"this model ({name}) has no text encoder; text search needs a CLIP index "
                              "(build with --model ViT-B-32:laion2b_s34b_b79k or a local CLIP checkpoint)")
-        m = self.parse_method(method or f"{self.manifest.embedder['name']}-cosine")
+        emb = self.manifest.embedder
+        assert emb is not None   # has_text implies an embedder
+        m = self.parse_method(method or f"{emb['name']}-cosine")
         if m.source == "pixel":
             raise LookalikeError("text search compares text and image embeddings; choose a CLIP method, not a pixel one")
         t0 = time.perf_counter()

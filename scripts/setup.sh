@@ -6,7 +6,8 @@
 #      missing; with --dev also headless Chromium + chromedriver (browser and crawler tests) and
 #      Fashion-MNIST (scale benchmarks). Uses sudo when not root.
 #   2. `python3 -m venv .venv` (plain Debian has `python3` but no `python`), then the pinned
-#      packages of requirements.txt into it.
+#      packages of requirements.txt into it; with --dev those of requirements-dev.txt (the same
+#      plus the test and lint tools: pytest, ruff, mypy).
 # Afterwards run everything as .venv/bin/python ..., or `source .venv/bin/activate` and type python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,8 @@ if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
   echo "setup: creating the virtual environment $VENV with $("$PY" --version 2>&1)"
   "$PY" -m venv --clear "$VENV"
 fi
-echo "setup: installing requirements.txt into $VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+reqs=requirements.txt
+if [ "${1:-}" = "--dev" ]; then reqs=requirements-dev.txt; fi
+echo "setup: installing $reqs into $VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
 "$VENV/bin/python" -c 'import retrieval' && echo "setup: done; run the app or tests with $VENV/bin/python"

@@ -251,7 +251,7 @@ REJECTED = tuple(c for c in CASES if not c.accepted)
 
 # -- round 2: files that are cheap to send and used to be expensive to take (issue 14) ---------------
 # Every one is a valid image; the outcome they must get is "answered within the memory budget"
-# (tests/test_hardening.py, bench/hostile_memory.py), not a refusal.
+# (tests/test_hardening.py, bench/load/hostile_memory.py), not a refusal.
 
 def wide_jpeg() -> bytes:
     """65000x3 JPEG (about 150 kB): a model's resize used to scale its short side to 256 (5.5 Gpx)."""
@@ -413,7 +413,7 @@ ROUND3: tuple[Case, ...] = (
     Case("rgba16.tif", "16-bit RGBA TIFF", tiff16_rgba, True,
          check=_check((80, 60), left=((0.1, 0.5), RED), right=((0.9, 0.5), BLUE)), content_type="image/tiff"),
 )
-# Large files for the memory benchmark (bench/hostile_memory.py); slow to make (J2K: 5 s).
+# Large files for the memory benchmark (bench/load/hostile_memory.py); slow to make (J2K: 5 s).
 ROUND3_HEAVY: tuple[Case, ...] = (
     Case("rgba-8000x8000.png", "8000x8000 RGBA PNG", rgba_png, True,
          check=_check((8000, 8000), transparent=((0.1, 0.5), WHITE), opaque=((0.9, 0.5), BLUE)),

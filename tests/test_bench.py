@@ -1,8 +1,9 @@
-"""The benchmark scripts run: the suite runner end to end on one tiny benchmark, the vector and GPU
-benchmarks at their smallest sizes. Nothing here asserts a timing; the suite itself is
-`python -m bench` (README.md, "Benchmarks")."""
+"""The benchmark scripts run: the suite runner end to end on one tiny benchmark, the vector
+benchmark at its smallest size, the load tests' entry points, the retired studies' record. Nothing
+here asserts a timing; the suite itself is `python -m bench` (docs/benchmarks.md)."""
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -84,34 +85,6 @@ def test_vector_helpers_are_exact():
     assert truth == [{0}, {1}, {2}]
 
 
-def test_gpu_script_runs_on_cpu(tmp_path):
-    """bench/gpu.py's pipelines (PIL, PIL draft, torchvision decode_jpeg, decoded cache) on CPU."""
-    from bench import gpu
-
-    data = make_tiny_library(tmp_path / "data", n_train=2, n_test=0)
-    res = gpu.run(device="cpu", data=str(data), limit=3, batch=2, workers=1, seconds=0.01, batches_model=(1,),
-                  threads=1)
-    check_result(res, "gpu")
-    rates = res["figures"]["pipelines"]
-    assert set(rates) == {"pil", "draft", "gpu", "cached"} and all(r > 0 for r in rates.values())
-    agreement = [float(r[3]) for r in res["tables"][1]["rows"]]
-    assert agreement[0] == pytest.approx(1.0) and min(agreement) > 0.95   # same images, same embeddings
-    assert res["checks"][0]["met"] is None                                   # the GPU target is not judged on CPU
-
-
-def test_decode_benchmark_smallest(tmp_path, monkeypatch):
-    """bench/decode.py on a tiny library: both paths run, the big JPEGs are made, vectors agree."""
-    from bench import decode
-
-    monkeypatch.setattr(decode, "CACHE", tmp_path / "cache")
-    data = make_tiny_library(tmp_path / "data", n_train=2, n_test=0)
-    res = decode.run(models=("effnet",), photos=2, big=1, repeats=1, data=str(data))
-    check_result(res, "decode")
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["big000.jpg"]
-    for fig in res["figures"].values():
-        assert fig["baseline_ms"] > 0 and fig["ours_ms"] > 0 and fig["cos_mean"] > 0.9
-
-
 def test_peak_memory_sees_an_allocation():
     """In a fresh process (here, freed memory kept by the allocator could hide a new block)."""
     code = ("import numpy as np; from bench import common\n"
@@ -126,24 +99,93 @@ def test_peak_memory_sees_an_allocation():
 
 
 def test_every_module_imports_from_the_package():
-    """bench/ is a package: each module imports by its package name (relative imports inside), and
-    the suite's entries all name a module that has what the suite calls."""
+    """bench/ is a package with a load/ subpackage: each module imports by its package name (relative
+    imports inside), and the suite's entries all name a module that has what the suite calls."""
     import importlib
 
     from bench.run import SUITE
 
-    names = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("__init__", "__main__"))
-    mods = {name: importlib.import_module(f"bench.{name}") for name in names}
-    assert all(callable(getattr(m, "main", None)) for n, m in mods.items() if n not in ("common",))
+    paths = [p for p in sorted((ROOT / "bench").rglob("*.py")) if p.stem not in ("__init__", "__main__")]
+    mods = {".".join(p.relative_to(ROOT / "bench").with_suffix("").parts): p for p in paths}
+    mods = {name: importlib.import_module(f"bench.{name}") for name in mods}
+    assert {"load.soak", "load.crowd", "load.hostile_memory", "load.app_latency"} <= set(mods)
     for b in SUITE:
         assert callable(getattr(mods[b.module], "main" if b.script_args is not None else "run"))
 
 
 def test_in_child_and_module_scripts_run_from_the_repository_root():
-    """A helper called in a fresh process (`from bench import ...` there), and a script's own entry
-    point, `python -m bench.<name>`."""
+    """A helper called in a fresh process (`from bench import ...` there), and the scripts' own entry
+    points: `python -m bench.<name>` (options made from run()'s parameters) and the load tests'
+    `python -m bench.load[.<name>]`. Fails before round 4: there was no bench.load package."""
     res = common.in_child("common", "result", name="x", title="t", config={"a": 1})
     assert res["name"] == "x" and res["config"] == {"a": 1} and res["peak_mb"] > 0 and res["cpu_s"] >= 0
-    out = subprocess.run([sys.executable, "-m", "bench.pixel_sizes", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
-    assert "--sizes" in out.stdout
+    for module, flag in [("bench.duplicates", "--photos"), ("bench.rerank_speed", "--no-fashion"),
+                         ("bench.load", "--clients"), ("bench.load.soak", "--max-requests"),
+                         ("bench.load.hostile_memory", "--cap-mb"), ("bench.load.app_latency", "--queries")]:
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0 and flag in out.stdout, (module, out.stderr[-500:])
+        assert out.stdout.startswith(f"usage: python -m {module}") or "bench.load" in module
+
+
+def _run_for_cli(data: str | None = None, sizes: tuple[int, ...] = (1, 2), rate: float = 0.5,
+                 fashion: bool = True, only: tuple[int, ...] | None = None) -> dict:
+    """A stand-in benchmark for common.cli: it hands back what it was called with."""
+    return common.result("cli", "cli", {"data": data, "sizes": sizes, "rate": rate, "fashion": fashion,
+                                        "only": only})
+
+
+def test_cli_options_are_run_parameters(monkeypatch, capsys):
+    """`python -m bench.NAME --key VALUE`: one option per run() parameter, typed from its annotation
+    (tuples as lists of values, booleans as --x / --no-x). Fails before round 4: no common.cli."""
+    seen = {}
+    monkeypatch.setattr(common, "print_result", lambda res: seen.update(res["config"]))
+    common.cli(_run_for_cli, ["--sizes", "3", "4", "5", "--rate", "2", "--no-fashion", "--only", "7", "8"])
+    assert seen == {"data": None, "sizes": (3, 4, 5), "rate": 2.0, "fashion": False, "only": (7, 8)}
+    common.cli(_run_for_cli, ["--data", "x"])
+    assert seen == {"data": "x", "sizes": (1, 2), "rate": 0.5, "fashion": True, "only": None}
+    with pytest.raises(SystemExit):
+        common.cli(_run_for_cli, ["--sizes", "a"])
+
+
+def test_retired_studies_keep_their_results_and_name_the_commit(tmp_path, capsys):
+    """The one-off studies left the suite; RESULTS.md still shows their last results under "Retired
+    studies" with the command that runs one again, and `--only` a retired name says the same.
+    Fails before round 4: the studies were suite entries (run, not refused; no such section)."""
+    from bench.run import BY_NAME, RETIRED, STUDIES_COMMIT, load_results, main, render_all
+
+    assert not set(RETIRED) & set(BY_NAME) and len(STUDIES_COMMIT) == 40
+    for name in RETIRED:
+        assert not (ROOT / "bench" / f"{name}.py").exists()
+    res = common.result("precision", "bf16 against fp32", {})
+    common.add_table(res, "t", ["a"], [["1"]])
+    common.add_check(res, "bf16 / fp32", ">= 2.5x", "1.98x", False)
+    (tmp_path / "precision.json").write_text(json.dumps(res))
+    md = render_all(load_results(tmp_path), "python -m bench")
+    retired = md.split("## Retired studies", 1)[1]
+    assert "### bf16 against fp32" in retired and f"git checkout {STUDIES_COMMIT[:12]}" in retired
+    assert "| precision (retired) | bf16 / fp32 |" in md
+    with pytest.raises(SystemExit):
+        main(["--only", "precision"])
+    assert f"git checkout {STUDIES_COMMIT[:12]} && python -m bench --only precision" in capsys.readouterr().err
+
+
+def _private_uses(tree: ast.AST) -> list[str]:
+    """`obj._name` with obj not self/cls, and `from x import _name`."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"line {node.lineno}: .{node.attr}")
+        if isinstance(node, ast.ImportFrom):
+            found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+def test_no_benchmark_reads_a_private_name_of_another_object():
+    """Benchmarks measure the product through its public API (issue 20). Fails before round 4:
+    bench/ called emb._image_features, emb._embed and emb._decode, and imported common._status_kb."""
+    assert sorted(_private_uses(ast.parse("emb._embed(x)\nself._x = 1\nfrom m import _y"))) == [
+        "line 1: ._embed", "line 3: import _y"]
+    hits = {str(p.relative_to(ROOT)): _private_uses(ast.parse(p.read_text("utf-8")))
+            for p in sorted((ROOT / "bench").rglob("*.py"))}
+    assert not {f: found for f, found in hits.items() if found}

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 USER_DOCS = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 TOP_LEVEL = ["app.py", "build_index.py", "retrieval/", "webui/", "collect/", "bench/", "tests/", "docs/",
-             "requirements.txt", "packages.txt", "scripts/setup.sh", ".ci/run"]
+             "requirements.txt", "requirements-dev.txt", "pyproject.toml", "packages.txt", "scripts/setup.sh",
+             ".ci/run"]
 
 
 def test_readme_is_short_and_opens_with_the_spaces_front_matter():
@@ -89,3 +90,18 @@ def test_relative_links_point_at_files_that_exist():
             assert path.exists(), f"{doc.relative_to(ROOT)} links to {target}, which does not exist"
             rel = path.relative_to(ROOT).as_posix()
             assert path.is_dir() or rel in tracked or not tracked, f"{target} is not tracked by git"
+
+
+def test_runtime_requirements_hold_no_test_or_lint_tools_and_ci_lints_before_testing():
+    """Spaces installs requirements.txt: test and lint tools live in requirements-dev.txt, which
+    `setup.sh --dev` installs. Fails before round 4: pytest was in requirements.txt, no lint ran."""
+    def names(path: Path) -> set[str]:
+        return {line.split("==")[0].strip().lower() for line in path.read_text().splitlines()
+                if "==" in line and not line.lstrip().startswith("#")}
+    dev_tools = {"pytest", "ruff", "mypy"}
+    assert not names(ROOT / "requirements.txt") & dev_tools
+    assert dev_tools <= names(ROOT / "requirements-dev.txt")
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
+    assert "requirements-dev.txt" in (ROOT / "scripts" / "setup.sh").read_text()
+    run = (ROOT / ".ci" / "run").read_text()
+    assert run.index(".venv/bin/ruff check") < run.index(".venv/bin/mypy") < run.index("pytest")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from collect.download import (DownloadConfig, Downloader, HostRateLimiter, download_images, is_permanent,
-                              parse_retry_after, safe_component)
+from collect.download import DownloadConfig, Downloader, download_images, is_permanent, safe_component
+from collect.transport import HostRateLimiter, parse_retry_after
 from fault_server import FaultServer
 from flickr_standin import Reply
 from retrieval.images import load_image

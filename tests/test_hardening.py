@@ -8,7 +8,7 @@ in tests/bad_images.py (ROUND2), each with the outcome it must get.
 - Hub pull refuses malformed datasets before writing anything (item 8);
 - the app starts on a library with malformed side files (item 9).
 Damaged indexes (item 6) are in tests/test_damaged_index.py, concurrent builds (item 5) in
-tests/test_concurrent_builds.py, and the memory-cap benchmark in bench/hostile_memory.py.
+tests/test_concurrent_builds.py, and the memory-cap benchmark in bench/load/hostile_memory.py.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import DatasetCard
 from PIL import Image
 
-from collect import hub
+from collect import hub, hub_card
 from retrieval.errors import LibraryError
 
 TOKEN = "hf_test_token_never_to_be_printed"
@@ -90,10 +90,10 @@ def test_round_trip_through_the_hub_folder_and_card(tmp_path: Path, data: Path) 
 
 def test_card_licence_and_sources_without_attribution(tmp_path: Path, data: Path) -> None:
     dd = hub.data_to_datasetdict(data)
-    card = DatasetCard(hub.dataset_card(dd, "a/b"))
+    card = DatasetCard(hub_card.dataset_card(dd, "a/b"))
     assert card.data.license == "other" and "owner's licence" in card.text
-    assert hub.hub_license(["CC0", "cc0"]) == "cc0-1.0" and hub.hub_license(["GPL-2"]) == "gpl-2.0"
-    assert hub.hub_license(["CC0", "GPL-2"]) == "other" and hub.hub_license(["Made-Up"]) == "other"
+    assert hub_card.hub_license(["CC0", "cc0"]) == "cc0-1.0" and hub_card.hub_license(["GPL-2"]) == "gpl-2.0"
+    assert hub_card.hub_license(["CC0", "GPL-2"]) == "other" and hub_card.hub_license(["Made-Up"]) == "other"
 
 
 class FakeHfApi:

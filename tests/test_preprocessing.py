@@ -58,7 +58,8 @@ def test_draft_sizes_come_from_the_first_resize(effnet, clip):
 
 def test_other_transforms_run_whole_per_image(effnet):
     """A transform that is not [PIL steps, ToTensor, Normalize] is not split, and still works."""
-    custom = lambda im: torch.from_numpy(np.asarray(im.resize((224, 224)), np.float32) / 255).permute(2, 0, 1)
+    def custom(im):
+        return torch.from_numpy(np.asarray(im.resize((224, 224)), np.float32) / 255).permute(2, 0, 1)
     assert split_transform(custom) is None
     emb = object.__new__(EffnetEmbedder)
     Embedder.__init__(emb, effnet.model, custom, "cpu")

@@ -7,7 +7,7 @@
 - Faults: index builds SIGKILLed at random points (first build and rebuild), a build stopped between
   the Chroma sync and the manifest, a download and a crawl killed midway, disk full and read-only
   index folders (simulated by patching the writer, and for real on a tmpfs / read-only bind mount
-  when the tests run as root and may mount), and 20 concurrent users for 10 s (bench.soak; the
+  when the tests run as root and may mount), and 20 concurrent users for 10 s (bench.load.soak; the
   60 s figures in README.md, "Reliability" come from the same script).
 - Security: tokens never logged or written, manifests that name paths outside their folders,
   download schemes, bounded inputs.
@@ -633,10 +633,10 @@ def test_crawl_killed_midway_resumes_to_the_same_result(tmp_path):
 # -- concurrency --------------------------------------------------------------------------------------
 
 def test_twenty_concurrent_users_for_ten_seconds(corpus, tmp_path, capsys):
-    """bench.soak, shortened: 20 gradio_client users mixing every endpoint against app.py for 10 s
+    """bench.load.soak, shortened: 20 gradio_client users mixing every endpoint against app.py for 10 s
     (the 60 s run for the README uses the same script). Zero errors, every answer correct."""
     out = tmp_path / "soak.json"
-    run = subprocess.run([sys.executable, "-m", "bench.soak", "--index", str(corpus.index), "--clients", "20",
+    run = subprocess.run([sys.executable, "-m", "bench.load.soak", "--index", str(corpus.index), "--clients", "20",
                           "--seconds", "10", "--json", str(out)], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=240)
     assert out.is_file(), run.stdout[-3000:] + run.stderr[-3000:]

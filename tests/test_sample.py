@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from collect import sample
-from collect.sample import INSTALL_HINT, build_sample_library, licence_id, parse_credits
-from retrieval.attribution import read_attribution, write_attribution
+from collect.sample import INSTALL_HINT, build_sample_library, parse_credits
+from collect.sample import build as sample_build
+from retrieval.attribution import licence_id, read_attribution, write_attribution
 from retrieval.errors import LibraryError
 
 HAVE_PACKAGES = sample.GCOMPRIS_ROOT.is_dir() and sample.TUXPAINT_ROOT.is_dir()
@@ -130,20 +131,20 @@ def test_rerun_is_idempotent_and_resumes(built: tuple[Path, dict], tmp_path: Pat
     for path in lost:
         path.unlink()
     calls = itertools.count()
-    real_encode = sample.encode_jpeg
+    real_encode = sample_build.encode_jpeg
 
     def interrupted(*args, **kwargs):
         if next(calls) >= 3:
             raise KeyboardInterrupt
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(sample, "encode_jpeg", interrupted)
+    monkeypatch.setattr(sample_build, "encode_jpeg", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_sample_library(out, seed=0, workers=2)
     assert not (out / "sample.json").exists() and (out / sample.PARTIAL_NAME).exists()
     still_missing = [p for p in lost if not p.exists()]
     assert 0 < len(still_missing) < len(lost)
-    monkeypatch.setattr(sample, "encode_jpeg", real_encode)
+    monkeypatch.setattr(sample_build, "encode_jpeg", real_encode)
     (still_missing[0].parent / f".{still_missing[0].name}.abc.tmp").write_bytes(b"half")
     resumed = build_sample_library(out, seed=0, workers=2)
     assert resumed["encoded"] == len(still_missing)

@@ -30,7 +30,7 @@ import os
 import time
 import statistics
 from collections import defaultdict, deque
-from typing import Any
+from typing import Any, Literal
 
 import gradio as gr
 from gradio import queueing
@@ -40,6 +40,7 @@ from gradio.utils import error_payload
 from retrieval.errors import LookalikeError
 
 log = logging.getLogger(__name__)
+PushStatus = Literal["success", "error", "queue_full", "validator_error"]   # gradio.queueing.Queue.push's
 
 RECENT = 9               # service time: the median of an endpoint's last 9 (follows the load, ignores outliers)
 MIN_SAMPLES = 3          # fewer answered requests than this: no estimate at the door (the sweep still bounds)
@@ -99,11 +100,13 @@ class BoundedQueue(queueing.Queue):
         if not group.queue and group.current_concurrency < group.concurrency_limit:
             return 0.0
         times = [self.service_s(e.fn) for e in group.queue] + [self.service_s(fn)]
-        if any(t is None for t in times):
+        known = [t for t in times if t is not None]
+        if len(known) < len(times):
             return 0.0
-        return sum(times) / group.concurrency_limit
+        return sum(known) / group.concurrency_limit
 
-    async def push(self, body: Any, request: Any, username: str | None) -> tuple[bool, Any, str]:
+    async def push(self, body: Any, request: Any,
+                   username: str | None) -> tuple[bool, str | list[dict[str, Any]], PushStatus]:
         fn = self.blocks.fns.get(body.fn_index) if isinstance(body.fn_index, int) else None
         if fn is not None:
             wait = self.expected_wait(fn)

@@ -86,8 +86,8 @@ class Comparer:
         again by its content) becomes the query. The click's data comes from the client, so its
         path must be one a query may name, like any other."""
         value = evt.value if isinstance(evt.value, dict) else {}
-        image = value.get("image") if isinstance(value.get("image"), dict) else {}
-        if not image.get("path"):
+        image = value.get("image")
+        if not isinstance(image, dict) or not image.get("path"):
             raise gr.Error("that result is no longer on the page; run Compare again", print_exception=False)
         path = self.files.check(image["path"])
         if path is None:

@@ -206,7 +206,8 @@ def query_source(image: Any, files: QueryFiles | None = None) -> str | bytes:
         raise ImageError(problem)
     path = image.get("path") if isinstance(image, dict) else image
     if path:
-        return files.source(path)   # type: ignore[union-attr]  (payload_problem: files accepted it)
+        assert files is not None   # payload_problem accepts a path only when `files` does
+        return files.source(path)
     url = image.get("url") if isinstance(image, dict) else None
     if url:
         return _data_url(url)

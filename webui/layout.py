@@ -4,7 +4,7 @@ Endpoints have `api_name`s, so `gradio_client` (and the tests) call exactly what
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import gradio as gr
 
@@ -24,7 +24,14 @@ CONCURRENCY = 2              # the Spaces CPU Basic tier has 2 vCPU
 PIXEL_CONCURRENCY = 4        # pixel queries are a few ms of numpy; let more of them overlap
 QUEUE_SIZE = 64              # requests queued at once, all endpoints together: bounds the memory their bodies hold
 MAX_WAIT_S = 30.0            # longest queue wait before "busy, try again" (webui.admission; docs/reliability.md)
-IMAGE_SOURCES = ["upload", "webcam", "clipboard"]
+IMAGE_SOURCES: list[Literal["upload", "webcam", "clipboard"]] = ["upload", "webcam", "clipboard"]
+
+
+def _default_deep(index: LookalikeIndex) -> str:
+    """The deep tabs' preselected method; called only when the index has embeddings (deep methods)."""
+    emb = index.manifest.embedder
+    assert emb is not None, "deep tabs exist only for an index with embeddings"
+    return f"{emb['name']}-cosine"
 
 
 def _results(tab: str) -> tuple[gr.Gallery, gr.Markdown, gr.JSON]:
@@ -84,7 +91,7 @@ def _composed_section(index: LookalikeIndex, searcher: Searcher, deep: list[str]
             with gr.Column():
                 weight = gr.Slider(0, 5, value=1, step=0.1, label="Image weight", elem_id="composed-weight")
                 method = gr.Dropdown([(method_label(index, x), x) for x in deep],
-                                     value=f"{index.manifest.embedder['name']}-cosine", label="Method")
+                                     value=_default_deep(index), label="Method")
                 k = _k_slider("composed-k")
                 button = gr.Button("Search", variant="primary", elem_id="composed-search")
         outputs = _results("composed")
@@ -134,7 +141,7 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
             if deep:
                 query_images += [_image_search_tab("deep", examples, searcher.deep, "search_deep", examples_label=examples_label,
                                   selector=lambda: gr.Dropdown(
-                    [(method_label(index, x), x) for x in deep], value=f"{index.manifest.embedder['name']}-cosine",
+                    [(method_label(index, x), x) for x in deep], value=_default_deep(index),
                     label="Method", elem_id="deep-method",
                     info="Exact metrics scan every stored vector; HNSW asks Chroma's approximate graph index "
                          "(what scales to millions)."))]
@@ -147,7 +154,7 @@ def build_demo(index: LookalikeIndex) -> gr.Blocks:
                     prompt = gr.Textbox(label="Describe what to find", placeholder="a red apple",
                                         max_length=MAX_TEXT_CHARS, scale=3, elem_id="text-prompt")
                     t_method = gr.Dropdown([(method_label(index, x), x) for x in deep],
-                                           value=f"{index.manifest.embedder['name']}-cosine", label="Method", scale=2)
+                                           value=_default_deep(index), label="Method", scale=2)
                     t_k = _k_slider("text-k")
                 t_button = gr.Button("Search", variant="primary", elem_id="text-search")
                 t_out = _results("text")

@@ -19,7 +19,7 @@ import abc
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -127,6 +127,7 @@ class Embedder(abc.ABC):
         step = len(batch) if self.device.type == "cuda" else self.cpu_batch
         with torch.inference_mode():
             if batch.dtype == torch.uint8:
+                assert self.split is not None   # only the split transform yields uint8 inputs
                 x = self.split.normalise(batch.to(device=self.device, non_blocking=True), self.dtype)
             else:
                 x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
@@ -160,7 +161,7 @@ class Embedder(abc.ABC):
         return self._prepare(load_image(data, name=name, draft=self.split.draft_size if self.split else None))
 
     def encode_files(self, paths: Sequence, *, batch_size: int = 32, workers: int = 2, progress: bool = True,
-                     decode: Callable[[object], torch.Tensor] | None = None,
+                     decode: Callable[[Any], torch.Tensor] | None = None,
                      on_skip: Callable[[int, ImageError], None] | None = None
                      ) -> Iterator[tuple[list[int], np.ndarray]]:
         """Stream (indices_ok, vectors) batch by batch over image files.
@@ -173,7 +174,7 @@ class Embedder(abc.ABC):
         decode the file at that path); it signals a file to skip by raising ImageError.
         """
         paths = list(paths)
-        decode = decode or self._decode
+        decode_one = decode or self._decode
         starts = iter(range(0, len(paths), batch_size))
         bar = tqdm(total=len(paths), unit="img", desc=f"embedding ({self.name})", disable=not progress)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
@@ -182,7 +183,7 @@ class Embedder(abc.ABC):
             idx = range(start, min(start + batch_size, len(paths)))
             if pool is None:
                 return [(i, paths[i]) for i in idx]
-            return [(i, pool.submit(decode, paths[i])) for i in idx]
+            return [(i, pool.submit(decode_one, paths[i])) for i in idx]
 
         try:
             start = next(starts, None)
@@ -194,7 +195,7 @@ class Embedder(abc.ABC):
                 tensors: list[torch.Tensor] = []
                 for i, job in batch:
                     try:
-                        tensors.append(job.result() if isinstance(job, Future) else decode(job))
+                        tensors.append(job.result() if isinstance(job, Future) else decode_one(job))
                         ok.append(i)
                     except ImageError as exc:
                         if on_skip is None:

@@ -156,6 +156,7 @@ class OpenClipEmbedder(Embedder):
 
     name = "clip"
     has_text = True
+    model: Any   # open_clip's CLIP (untyped); torch's Module.__getattr__ would type its methods as Tensor
 
     def __init__(self, model_name: str, pretrained: str | None, spec: str, source: str,
                  device: torch.device | str | None = None, **preprocess_overrides: Any) -> None:

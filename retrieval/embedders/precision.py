@@ -177,8 +177,9 @@ def quality_check(embedder: "Embedder", paths: list, vectors: "np.ndarray", batc
     low = np.asarray(vectors)[ok]
     overlap = neighbour_overlap(fp32, low, 10)
     cosine = float(np.mean(np.sum(fp32 * low, axis=1))) if ok else 1.0
-    out = {"sample": len(ok), "top10_overlap": round(overlap, 4), "mean_cosine": round(cosine, 5),
-           "bound": bound, "ok": overlap >= bound, "seconds": round(time.perf_counter() - t0, 2)}
+    out: dict[str, object] = {"sample": len(ok), "top10_overlap": round(overlap, 4),
+                              "mean_cosine": round(cosine, 5), "bound": bound, "ok": overlap >= bound,
+                              "seconds": round(time.perf_counter() - t0, 2)}
     if overlap < bound:
         log.warning("bf16 vectors differ from fp32 more than expected: top-10 overlap %.3f on %d images "
                     "(bound %.2f, mean cosine %.4f); rebuild with --precision fp32 if results look off",

@@ -10,55 +10,26 @@ message queue every 50 ms, so part of every figure is the client's. The baseline
 process, is the same query straight through LookalikeIndex.search (no HTTP), so the ratio is what
 the web layer costs. The clients run on the same machine as the server and share its CPUs.
 
-    python -m bench.app_latency [--data data] [--index DIR] [--queries 40] [--clients 1 8]
+    python -m bench.load.app_latency [--data data] [--index DIR] [--queries 40] [--clients 1 8]
 Targets: pixel median < 300 ms; no errors with 8 clients; start-up < 15 s.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
 
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 
-from .common import ROOT, machine_info, median_ms, p95_ms, sample_library, timed
+from ..common import free_port, machine_info, median_ms, p95_ms, sample_library, timed
+from .soak import effnet_index, start_server
 
 ENDPOINTS = {"pixel": ("/search_pixel", "l1", "pixel-l1"), "deep": ("/search_deep", None, None)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(index: Path, port: int, timeout_s: float = 120) -> tuple[subprocess.Popen, float]:
-    """Run app.py; return (process, seconds until GET / answers 200)."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--index", str(index), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    while time.perf_counter() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return proc, time.perf_counter() - t0
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"app.py did not answer within {timeout_s} s")
 
 
 def wait_for_model(url: str, t_start: float, timeout_s: float = 300) -> tuple[float, str]:
@@ -114,11 +85,7 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="lookalike-bench-")
     index_dir = args.index
     if index_dir is None:
-        from retrieval.indexing import build_index
-        index_dir = Path(tmp.name) / "index"
-        t0 = time.perf_counter()
-        build_index(data, index_dir, model="effnet")
-        print(f"built an effnet index of {data} in {time.perf_counter() - t0:.1f} s")
+        index_dir = effnet_index(Path(tmp.name), data, evaluate=True)   # the app shows its Evaluation tab
     index = LookalikeIndex.open(index_dir, data_dir=Path(data))
     deep = f"{index.manifest.embedder['name']}-cosine" if index.manifest.embedder else None
     ENDPOINTS["deep"] = ("/search_deep", deep, deep)
@@ -128,7 +95,8 @@ def main() -> int:
 
     port = free_port()
     t_start = time.perf_counter()
-    proc, startup = start_app(index_dir, port)
+    proc = start_server(index_dir, port, Path(tmp.name) / "app.log", timeout_s=120)
+    startup = time.perf_counter() - t_start
     url = f"http://127.0.0.1:{port}/"
     print(f"start-up (python app.py until HTTP 200): {startup:.2f} s  [target < 15 s]")
     if deep:

@@ -18,7 +18,7 @@ waited for, each at most `--request-timeout` seconds, so the run always stops by
 plain queue, back to back, on the same machine).
 
 Every request ends as one of: answered (pixel and deep rows must equal LookalikeIndex.rank computed
-here, as in bench.soak), refused (the app said it is busy: HTTP 503 "queue full", which gradio_client
+here, as in bench.load.soak), refused (the app said it is busy: HTTP 503 "queue full", which gradio_client
 raises as QueueError, or an error whose message says "busy"), error (anything else), or timeout.
 Reported, per endpoint and overall: for answered requests the wait (from submit until the server
 started it: upload and queue, seen by polling the job's status every 50 ms) and the time to answer
@@ -41,10 +41,10 @@ from typing import Any
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 
-from .common import machine_info, median_ms, p95_ms, sample_library, stop_process
+from ..common import free_port, machine_info, median_ms, p95_ms, stop_process
 from webui.admission import WAIT_ENV
 
-from .soak import KS, Expected, free_port, is_refusal, start_server
+from .soak import KS, Expected, effnet_index, is_refusal, server_tracebacks, start_server
 
 REQUEST_TIMEOUT_S = 600.0     # one request's longest wait here; bounds the run's length
 POLL_S = 0.05                 # how often a visitor looks whether its request has started
@@ -166,10 +166,7 @@ def run(index: Path | None = None, clients: int = 40, seconds: float = 30.0, see
     the app's wait bound (LOOKALIKE_MAX_WAIT_S: seconds or "off"); None keeps the app's own."""
     with tempfile.TemporaryDirectory(prefix="lookalike-load-") as tmp:
         work = Path(tmp)
-        if index is None:
-            from retrieval.indexing import build_index
-            index = work / "index"
-            build_index(sample_library(), index, model="effnet", evaluate=False)
+        index = index or effnet_index(work)
         opened = LookalikeIndex.open(index)
         expected = Expected(opened, _queries(opened))
         log_path = work / "app.log"
@@ -189,9 +186,7 @@ def run(index: Path | None = None, clients: int = 40, seconds: float = 30.0, see
         finally:
             stop_process(proc)
         server_log = log_path.read_text(errors="replace")
-    tracebacks = server_log.count("Traceback (most recent call last)")
-    last_lines = sorted({next((ln for ln in block.splitlines()[1:] if ln and not ln[0].isspace()), "")[:200]
-                         for block in server_log.split("Traceback (most recent call last)")[1:]})
+    tracebacks, last_lines = server_tracebacks(server_log)
     return {"machine": machine_info(), "index": str(index), "clients": clients, "interval_s": interval,
             "retry_pause_s": retry_pause_s,
             "wait_bound": bound or "the app's default", "load_seconds": seconds,

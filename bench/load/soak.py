@@ -1,6 +1,6 @@
 """Soak test: concurrent gradio_client users mixing every endpoint against a local `app.py`.
 
-    python -m bench.soak [--index DIR] [--clients 20] [--seconds 60] [--json OUT]
+    python -m bench.load.soak [--index DIR] [--clients 20] [--seconds 60] [--json OUT]
 
 Starts the real `python app.py --index INDEX` on 127.0.0.1 (without --index: builds an effnet index
 of the sample library in a temporary folder first), warms it up (the first deep and HNSW queries load
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from retrieval.images import load_image
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 
-from .common import ROOT, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library, stop_process
+from ..common import ROOT, free_port, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library, stop_process
 
 KS = (1, 5, 10)
 PROMPTS = ("a red apple", "a bird on a branch", "a planet in space", "a wooden tool", "a flower")
@@ -60,12 +59,6 @@ def is_refusal(exc: BaseException) -> bool:
     from gradio_client.exceptions import AppError
     from gradio_client.utils import QueueError
     return isinstance(exc, QueueError) or (isinstance(exc, AppError) and BUSY_WORD in str(exc).lower())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(index: Path, port: int, log_path: Path, timeout_s: float = 180, *,
@@ -89,6 +82,22 @@ def start_server(index: Path, port: int, log_path: Path, timeout_s: float = 180,
         time.sleep(0.1)
     proc.kill()
     raise SystemExit(f"app.py did not answer within {timeout_s} s")
+
+
+def effnet_index(folder: Path, data: Path | None = None, evaluate: bool = False) -> Path:
+    """folder/index: an effnet index of `data` (default: the sample library), for a run without --index."""
+    from retrieval.indexing import build_index
+    index = folder / "index"
+    print(f"building an effnet index of {data or 'the sample library'} in {index} ...", flush=True)
+    build_index(data or sample_library(), index, model="effnet", evaluate=evaluate)
+    return index
+
+
+def server_tracebacks(log: str) -> tuple[int, list[str]]:
+    """How many tracebacks a server log holds, and their distinct exception lines."""
+    blocks = log.split("Traceback (most recent call last)")[1:]
+    return len(blocks), sorted({next((ln for ln in b.splitlines()[1:] if ln and not ln[0].isspace()), "")[:200]
+                                for b in blocks})
 
 
 class Expected:
@@ -230,11 +239,7 @@ def run(index: Path | None = None, clients: int = 20, seconds: float = 60.0, max
     """Build (if needed) and serve the index, run the users, and return the figures."""
     with tempfile.TemporaryDirectory(prefix="lookalike-soak-") as tmp:
         work = Path(work or tmp)
-        if index is None:
-            from retrieval.indexing import build_index
-            index = work / "index"
-            print(f"building an effnet index of the sample library in {index} ...", flush=True)
-            build_index(sample_library(), index, model="effnet", evaluate=False)
+        index = index or effnet_index(work)
         opened = LookalikeIndex.open(index)
         queries = [it.path(opened.data_dir) for it in scan_split(opened.data_dir, "test")]
         queries = queries[:12] + [opened.paths[i] for i in range(0, len(opened.paths), max(1, len(opened.paths) // 4))]
@@ -270,7 +275,7 @@ def run(index: Path | None = None, clients: int = 20, seconds: float = 60.0, max
             stop.set()
             stop_process(proc)
         server_log = log_path.read_text(errors="replace")
-        tracebacks = server_log.count("Traceback (most recent call last)")
+        tracebacks, _ = server_tracebacks(server_log)
 
     all_lat = [x for v in soak.latency.values() for x in v]
     half = seconds / 2

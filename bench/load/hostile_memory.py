@@ -1,6 +1,6 @@
 """Hostile uploads under a fixed memory cap: the app stays up, answers right, and stays in budget.
 
-    python -m bench.hostile_memory [--seconds 60] [--cap-mb 8192] [--budget-mb 2560] [--json OUT]
+    python -m bench.load.hostile_memory [--seconds 60] [--cap-mb 8192] [--budget-mb 2560] [--json OUT]
     python -m bench --only hostile_memory
 
 Starts the real `app.py` as a subprocess under `prlimit --as=CAP` (an address-space cap: an
@@ -45,8 +45,8 @@ from typing import Any
 
 import requests
 
-from .common import ROOT, _status_kb, add_check, add_table, hwm_mb, machine_info, median_ms, p95_ms, result, rss_mb, stop_process
-from .soak import Expected, free_port, is_refusal, start_server
+from ..common import ROOT, free_port, status_kb, add_check, add_table, hwm_mb, machine_info, median_ms, p95_ms, result, rss_mb, stop_process
+from .soak import Expected, is_refusal, start_server
 
 REQUEST_TIMEOUT_S = 180.0
 DATA_URL_MB = 40
@@ -232,7 +232,7 @@ def run(seconds: float = 60.0, cap_mb: int = 8192, budget_mb: int = 2560, seed: 
                 warm.predict(handle_file(str(queries[0])), m, 5, api_name="/search_deep")
             warm.predict(handle_file(str(queries[0])), "l1", 5, api_name="/search_pixel")
             baseline = rss_mb(proc.pid)
-            vm_warm = (_status_kb("VmSize", proc.pid) or 0) / 1024
+            vm_warm = (status_kb("VmSize", proc.pid) or 0) / 1024
             threading.Thread(target=_sample, args=(proc.pid, stop, samples), daemon=True).start()
             load = Load(url, expected, hostile, data_url)
             deadline = time.monotonic() + seconds
@@ -246,7 +246,7 @@ def run(seconds: float = 60.0, cap_mb: int = 8192, budget_mb: int = 2560, seed: 
                 u.join(timeout=seconds + 2 * REQUEST_TIMEOUT_S)
             alive = proc.poll() is None
             peak = hwm_mb(proc.pid) if alive else None
-            vm_peak = (_status_kb("VmPeak", proc.pid) or 0) / 1024 if alive else None
+            vm_peak = (status_kb("VmPeak", proc.pid) or 0) / 1024 if alive else None
             end = rss_mb(proc.pid) if alive else None
         finally:
             stop.set()
@@ -293,7 +293,7 @@ def _report(res: dict[str, Any], load: Load, baseline: float | None, peak: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.hostile_memory", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.load.hostile_memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--cap-mb", type=int, default=8192, help="prlimit --as for app.py, in MiB (default: 8192; the warm app maps about 6 GB)")
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    from .common import print_result
+    from ..common import print_result
     res = run(seconds=args.seconds, cap_mb=args.cap_mb, budget_mb=args.budget_mb, seed=args.seed)
     print_result(res)
     if args.json:
