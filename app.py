@@ -46,10 +46,12 @@ def serve_app(args: argparse.Namespace) -> int:
     from retrieval.search import LookalikeIndex
     index = LookalikeIndex.open(index_dir, data_dir=data_dir, chroma_url=args.chroma_url,
                                 precision=args.precision)
-    if not args.no_warm_up:
-        index.warm_up()   # model (and Chroma) load in the background; pixel search works meanwhile
     from webui.layout import build_demo, launch_options
-    demo = build_demo(index)
+    from webui.warmup import WarmUp
+    warm = WarmUp(index)
+    if not args.no_warm_up:
+        warm.start()   # model (and Chroma) load in the background; pixel search works meanwhile
+    demo = build_demo(index, warm)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None,
                 **launch_options(index))
     return 0

@@ -1,16 +1,17 @@
 """Shared benchmark helpers: timing with medians, peak memory per phase, machine info, results.
 
 Every benchmark module exposes `run(...) -> dict` (a *result*, see `result()`), used both by its own
-`main()` and by the suite (`python -m bench`). A result holds preformatted tables, the targets it
-checks and the raw figures; `render()` turns it into the Markdown of bench/RESULTS.md.
+command line (`cli()`) and by the suite (`python -m bench`). A result holds preformatted tables, the
+targets it checks and the raw figures; `render()` turns it into the Markdown of bench/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import inspect
-import logging
+import itertools
 import json
+import logging
 import os
 import platform
 import resource
@@ -18,27 +19,30 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 import typing
-from typing import Any, Callable, Iterator, Sequence
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 
 # -- timing -----------------------------------------------------------------------------------
-def timed(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of `repeat` calls after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
+def timed(fn: Callable[..., object], repeat: int, warmup: int = 1, args: Iterable[Any] | None = None) -> list[float]:
+    """Wall-clock seconds of `repeat` calls after `warmup` untimed calls. With `args`, each call
+    gets the next of them (from the start again when they run out): one query after another."""
+    items = itertools.cycle(args) if args is not None else None
     out = []
-    for _ in range(repeat):
+    for i in range(warmup + repeat):
         t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+        if items is None:
+            fn()
+        else:
+            fn(next(items))
+        if i >= warmup:
+            out.append(time.perf_counter() - t0)
     return out
 
 
@@ -56,7 +60,7 @@ def p95_ms(samples: Sequence[float]) -> float:
     return percentile_ms(samples, 95)
 
 
-# -- memory -----------------------------------------------------------------------------------
+# -- processes and memory ---------------------------------------------------------------------
 def cpu_seconds() -> float:
     """User + system CPU time of this process so far, all threads (native ones included)."""
     t = os.times()
@@ -68,16 +72,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def status_kb(field: str, pid: int | str = "self") -> int | None:
-    """A field of /proc/PID/status in kB (VmRSS, VmHWM, VmPeak...), or None where it cannot be read."""
+def proc_field(path: str, key: str) -> str | None:
+    """The value after `key:` in a /proc file (status, meminfo, cpuinfo), or None where it cannot be read."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
     except OSError:
         return None
     return None
+
+
+def status_kb(field: str, pid: int | str = "self") -> int | None:
+    """A field of /proc/PID/status in kB (VmRSS, VmHWM, VmPeak...), or None where it cannot be read."""
+    value = proc_field(f"/proc/{pid}/status", field)
+    return None if value is None else int(value.split()[0])
 
 
 def rss_mb(pid: int | str = "self") -> float | None:
@@ -95,61 +106,36 @@ class PeakMemory:
     """Peak resident memory of this process during a `with` block, in MB (`.peak_mb`).
 
     Linux lets a process reset its own high-water mark (write 5 to /proc/self/clear_refs), so the
-    figure is exact for the block even after bigger earlier phases. Elsewhere a sampling thread
-    (every 10 ms) stands in, which can miss short spikes.
+    figure is exact for the block even after bigger earlier phases. Where it cannot, the figure is
+    the process's lifetime peak: an upper bound.
     """
 
-    def __init__(self) -> None:
-        self.start_mb = 0.0
-        self.peak_mb = 0.0
-        self._exact = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start_mb = rss_mb() or 0.0
+        self.peak_mb = 0.0
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
-            self._exact = hwm_mb() is not None
         except OSError:
-            self._exact = False
-        if not self._exact:
-            self.peak_mb = self.start_mb
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            pass
         return self
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak_mb = max(self.peak_mb, rss_mb() or peak_rss_mb())
-
     def __exit__(self, *exc: object) -> None:
-        if self._exact:
-            self.peak_mb = hwm_mb() or 0.0
-        else:
-            self._stop.set()
-            if self._thread:
-                self._thread.join()
-            self.peak_mb = max(self.peak_mb, rss_mb() or 0.0)
+        self.peak_mb = hwm_mb() or peak_rss_mb()
 
 
-def in_child(module: str, func: str, env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+def in_child(module: str, func: str, **kwargs: Any) -> dict[str, Any]:
     """Call bench/<module>.py's func(**kwargs) in a fresh Python process and return its JSON-able
     dict, plus "peak_mb": the child's lifetime peak resident memory (imports and model included), and
     "cpu_s": the CPU seconds it used (all threads), a figure that other jobs on the machine hardly move.
-
-    A fresh process gives a clean memory figure (nothing left over from earlier phases) and lets a
-    phase run under other environment settings (such as OMP_WAIT_POLICY, read once at start-up).
-    The child runs in the repository root, which `python -c` puts first on sys.path, so it imports
-    the package as `bench` like the parent does.
+    A fresh process gives a clean memory figure: nothing left over from earlier phases. It runs in the
+    repository root, which `python -c` puts first on sys.path, so it imports the package as `bench`.
     """
     code = (f"import json, sys; from bench import common, {module} as m; "
             f"r = m.{func}(**json.loads(sys.argv[1])); r['peak_mb'] = common.hwm_mb() or common.peak_rss_mb(); "
             "r['cpu_s'] = common.cpu_seconds(); "
             "print(); print(json.dumps(r))")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{module}.{func} failed in a child process (status {proc.returncode}):\n"
                            + proc.stderr[-3000:])
@@ -173,34 +159,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(proc: subprocess.Popen, url: str, timeout_s: float, what: str) -> None:
+    """Return once `url` answers HTTP 200. A server a benchmark started takes a while to listen;
+    RuntimeError if it exits first, or does not answer within timeout_s (then it is killed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{what} did not answer within {timeout_s} s")
+
+
 # -- machine ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def memory_gb() -> float | None:
-    kb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                kb = int(line.split()[1])
-    except OSError:
-        return None
-    return None if kb is None else kb / 2**20
-
-
 def machine() -> dict[str, Any]:
     """What the figures depend on: CPU, cores, memory, load at the time, GPU, package versions."""
     from retrieval.manifest import package_versions
+    mem_kb = proc_field("/proc/meminfo", "MemTotal")
     info: dict[str, Any] = {
-        "platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-        "memory_gb": round(memory_gb() or 0, 1),
+        "platform": platform.platform(),
+        "cpu": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU",
+        "cpus": os.cpu_count(), "memory_gb": round(int(mem_kb.split()[0]) / 2**20 if mem_kb else 0, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "versions": package_versions(),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
@@ -247,15 +232,6 @@ def add_table(res: dict[str, Any], caption: str, columns: Sequence[str], rows: S
 def add_check(res: dict[str, Any], what: str, target: str, value: str, met: bool | None) -> None:
     """A target from the issue and how this run did against it (met=None: not measurable here)."""
     res["checks"].append({"what": what, "target": target, "value": value, "met": met})
-
-
-@contextmanager
-def stopwatch(res: dict[str, Any]) -> Iterator[None]:
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        res["seconds"] = round(time.perf_counter() - t0, 1)
 
 
 def fmt_ms(ms: float) -> str:
@@ -314,31 +290,43 @@ def _is_tuple(hint: Any) -> bool:
 
 
 def _arg_type(hint: Any) -> Any:
-    """int for `int`, `int | None` and `tuple[int, ...]`; likewise float and str."""
+    """int for `int`, `int | None` and `tuple[int, ...]`; likewise float, str and Path."""
     args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis] or [hint]
     inner = typing.get_args(args[0]) or args
-    return inner[0] if inner[0] in (int, float, str) else str
+    return inner[0] if inner[0] in (int, float, str, Path) else str
 
 
-def cli(run: Callable[..., dict[str, Any]], argv: list[str] | None = None) -> None:
-    """`python -m bench.NAME [--key VALUE ...]`: one option per parameter of `run` (underscores as
-    dashes, the same defaults), so the suite's config keys and the command line cannot drift apart."""
+def cli(run: Callable[..., dict[str, Any]], argv: list[str] | None = None,
+        summary: Callable[[dict[str, Any]], int] | None = None) -> int:
+    """`python -m bench.NAME [--key VALUE ...] [--json OUT]`: one option per parameter of `run`
+    (underscores as dashes, the same defaults), so the suite's config keys and the command line
+    cannot drift apart. The result is printed as Markdown, or by `summary` (the load tests), which
+    also gives the exit status; --json writes it to a file too."""
     module = sys.modules[run.__module__]
-    name = module.__spec__.name if module.__spec__ else run.__module__     # bench.NAME, also under -m
-    ap = argparse.ArgumentParser(prog=f"python -m {name}", description=module.__doc__,
+    prog = module.__spec__.name if module.__spec__ else run.__module__     # bench.NAME, also under -m
+    ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=module.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(run)
     for name, param in inspect.signature(run).parameters.items():
         flag, default, hint = "--" + name.replace("_", "-"), param.default, hints.get(name)
         if isinstance(default, bool):
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, tuple) or _is_tuple(hint):
-            ap.add_argument(flag, nargs="+", type=_arg_type(hint), default=default, metavar=name.upper())
         else:
-            ap.add_argument(flag, type=_arg_type(hint), default=default, metavar=name.upper())
+            many = isinstance(default, tuple) or _is_tuple(hint)
+            ap.add_argument(flag, nargs="+" if many else None, type=_arg_type(hint), default=default,
+                            metavar=name.upper())
+    ap.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the result to this file")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = vars(ap.parse_args(argv))
+    out = args.pop("json")
     logging.basicConfig(level=logging.INFO if args.pop("verbose") else logging.WARNING)
-    print(machine_info())
-    print_result(run(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}))
-
+    if summary is None:
+        print(machine_info())
+    t0 = time.perf_counter()
+    res = run(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    if summary is None:
+        res.setdefault("seconds", round(time.perf_counter() - t0, 1))
+        print_result(res)
+    if out:
+        out.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    return summary(res) if summary else 0

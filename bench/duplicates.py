@@ -24,7 +24,7 @@ from retrieval.duplicates import DEFAULT_THRESHOLDS, ZOOMS, group_vectors, norma
 from retrieval.images import load_image, resize_pixels
 from retrieval.library import scan_split
 
-from .common import cli, add_check, add_table, result, sample_library, stopwatch
+from .common import add_check, add_table, cli, result, sample_library
 
 THRESHOLDS = {"effnet": (0.76, 0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.94),
               "phash": (0.80, 0.84, 0.86, 0.88, 0.90, 0.92, 0.94),
@@ -79,7 +79,7 @@ def synthetic_set(lib: Path, out: Path, photos: int, seed: int = 0) -> tuple[lis
     return paths, groups
 
 
-def features(paths: list[Path]) -> dict[str, tuple[np.ndarray, bool]]:
+def features(paths: list[Path]) -> dict[str, tuple[list[np.ndarray], bool]]:
     from retrieval.embedders import load_embedder
 
     embedder = load_embedder("effnet")
@@ -96,7 +96,7 @@ def run(data: str | None = None, photos: int = 100, seed: int = 0) -> dict:
     lib = sample_library(data)
     res = result("duplicates", "Near-duplicates: precision and recall of the groups per threshold (synthetic set)",
                  {"data": str(lib), "photos": photos, "seed": seed})
-    with stopwatch(res), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         paths, truth = synthetic_set(lib, Path(tmp), photos, seed)
         feats = features(paths)
     n_dup = sum(len(g) for g in truth)

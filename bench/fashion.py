@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,13 @@ import numpy as np
 
 from collect.fashion_mnist import export_library, load_split
 from retrieval.evaluate import evaluate_index
+from retrieval.evaluation_file import SplitReport
 from retrieval.images import load_image
 from retrieval.indexing import build_index
 from retrieval.metrics import PreparedMatrix, top_k
 from retrieval.search import LookalikeIndex
 
-from .common import (cli, add_check, in_child, add_table, fmt_ms, median_ms, percentile_ms, result,
-                     stopwatch, timed)
+from .common import add_check, add_table, cli, fmt_ms, in_child, median_ms, percentile_ms, result, timed
 
 PIXEL_SIZE = 28
 CACHE = Path(tempfile.gettempdir()) / "lookalike-bench" / "fashion-mnist"
@@ -59,7 +60,7 @@ def build_here(lib: str, index: str, model: str, batch_size: int) -> dict[str, f
     return {"seconds": time.perf_counter() - t0}
 
 
-def quality_rows(report: dict[str, Any], methods: tuple[str, ...]) -> list[list[str]]:
+def quality_rows(report: SplitReport, methods: tuple[str, ...]) -> list[list[str]]:
     rows = []
     for name in methods:
         r = report["methods"][name]
@@ -77,8 +78,7 @@ def pixel_latency(index: LookalikeIndex, queries: list[Path], latency_queries: i
     n_lib = len(index.rels)
     lat_rows, lat = [], {}
     for method in PIXEL_METHODS:
-        it = iter([queries[i % len(queries)] for i in range(latency_queries + 2)])
-        t = timed(lambda: index.search(next(it), method, k=10), repeat=latency_queries, warmup=2)
+        t = timed(partial(index.search, method=method, k=10), repeat=latency_queries, warmup=2, args=queries)
         lat[method] = {"p50_ms": median_ms(t), "p95_ms": percentile_ms(t, 95)}
         lat_rows.append([f"`{method}`", f"{n_lib:,}", fmt_ms(lat[method]["p50_ms"]), fmt_ms(lat[method]["p95_ms"])])
     # The same L1 pass over all 70,000 images (library + every test image) as one matrix.
@@ -86,8 +86,8 @@ def pixel_latency(index: LookalikeIndex, queries: list[Path], latency_queries: i
         test_images, _ = load_split("test")
         test_rows = np.repeat(test_images.reshape(len(test_images), -1, 1), 3, axis=2).reshape(len(test_images), -1)
         m70 = PreparedMatrix(np.concatenate([np.asarray(index.pixels.data), test_rows]))
-        it = iter(np.concatenate([test_rows[:latency_queries]] * 2))
-        t = timed(lambda: top_k(m70.scores(next(it), "l1"), 10, False), repeat=latency_queries, warmup=2)
+        t = timed(lambda q: top_k(m70.scores(q, "l1"), 10, False), repeat=latency_queries, warmup=2,
+                  args=test_rows[:latency_queries])
         lat["l1_70k"] = {"p50_ms": median_ms(t), "p95_ms": percentile_ms(t, 95)}
         lat_rows.append(["L1 scores + top 10 only (no decode)", f"{m70.n:,}", fmt_ms(lat["l1_70k"]["p50_ms"]),
                          fmt_ms(lat["l1_70k"]["p95_ms"])])
@@ -155,7 +155,7 @@ def report_builds(res: dict, px: dict[str, float], builds: dict[int, dict[str, f
     return full_s, full_mb
 
 
-def report_quality(res: dict, pixel_report: dict[str, Any], bb_report: dict[str, Any], sub_n: int, recall: float) -> None:
+def report_quality(res: dict, pixel_report: SplitReport, bb_report: SplitReport, sub_n: int, recall: float) -> None:
     """Quality tables (pixels on the whole library; pixels versus the backbone on the backbone's
     library), the HNSW recall note, and the best of each family for the targets table."""
     add_table(res, f"Quality on the held-out split, pixels over the whole library: {pixel_report['queries']} test "
@@ -167,16 +167,15 @@ def report_quality(res: dict, pixel_report: dict[str, Any], bb_report: dict[str,
               quality_rows(bb_report, PIXEL_METHODS + RERANK_PIXEL + BACKBONE_METHODS + RERANK_BACKBONE))
     res["notes"].append(f"Chroma HNSW on the real effnet vectors ({sub_n:,} x 1280): recall@10 against exact "
                         f"cosine {recall:.3f} over 200 test queries.")
-    best_px = max(PIXEL_METHODS, key=lambda m: bb_report["methods"][m]["map"])
-    best_bb = max(BACKBONE_METHODS, key=lambda m: bb_report["methods"][m]["map"])
+    q = bb_report["methods"]
+
+    def best(methods: tuple[str, ...]) -> str:
+        m = max(methods, key=lambda name: q[name]["map"])
+        return f"`{m}` {q[m]['p@10']:.3f} / {q[m]['map']:.3f}"
     add_check(res, "Fashion-MNIST quality table (P@10 / mAP)", "reported",
-              f"best pixel `{best_px}` {bb_report['methods'][best_px]['p@10']:.3f} / {bb_report['methods'][best_px]['map']:.3f}; "
-              f"best backbone `{best_bb}` {bb_report['methods'][best_bb]['p@10']:.3f} / {bb_report['methods'][best_bb]['map']:.3f}",
-              None)
-    best_rr = max(RERANK_BACKBONE, key=lambda m: bb_report["methods"][m]["map"])
+              f"best pixel {best(PIXEL_METHODS)}; best backbone {best(BACKBONE_METHODS)}", None)
     add_check(res, "Fashion-MNIST re-ranked backbone (P@10 / mAP)", "reported",
-              f"`{best_rr}` {bb_report['methods'][best_rr]['p@10']:.3f} / {bb_report['methods'][best_rr]['map']:.3f} "
-              f"against plain `effnet-cosine` {bb_report['methods']['effnet-cosine']['map']:.3f}", None)
+              f"{best(RERANK_BACKBONE)} against plain `effnet-cosine` {q['effnet-cosine']['map']:.3f}", None)
 
 
 def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, throughput_images: int = 1024,
@@ -186,10 +185,11 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
     logging.getLogger("chromadb").setLevel(logging.WARNING)
     cache_dir = Path(cache) if cache else CACHE
     res = result("fashion_mnist", "Fashion-MNIST at scale: build, pixel query latency, backbone, quality",
-                 {"train": train, "test": test, "backbone_train": backbone_train, "throughput_images": throughput_images,
-                  "latency_queries": latency_queries, "batch_size": batch_size, "pixel_size": PIXEL_SIZE})
-    with stopwatch(res), tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+                 {"train": train, "test": test, "backbone_train": backbone_train,
+                  "throughput_images": throughput_images, "latency_queries": latency_queries,
+                  "batch_size": batch_size, "pixel_size": PIXEL_SIZE})
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
         lib, export = library(train, test, cache_dir)
         res["notes"].append(f"Library exported to {lib}: {export['written']} PNGs written, {export['kept']} kept from "
                             f"an earlier run ({export['seconds']} s).")
@@ -224,11 +224,12 @@ def run(train: int = 60_000, test: int = 1_000, backbone_train: int = 10_000, th
                   ["images", "img/s", f"time for all {n_lib:,} (estimate)"],
                   [[n_done, f"{thr:.1f}", f"{n_lib / thr / 60:.0f} min"]])
         add_check(res, f"Fashion-MNIST backbone index, peak memory ({n_lib:,} images)", "< 4 GB",
-                  f"{full_mb / 1024:.2f} GB"
-                  + ("" if measured_full else f" (extrapolated from {sub_n:,}; measured {builds[sub_n]['peak_mb'] / 1024:.2f} GB)"),
+                  f"{full_mb / 1024:.2f} GB" + ("" if measured_full else f" (extrapolated from {sub_n:,}; "
+                                                  f"measured {builds[sub_n]['peak_mb'] / 1024:.2f} GB)"),
                   full_mb < 4096)
         report_quality(res, pixel_report, bb_report, sub_n, recall)
-        res["figures"] = {"pixel_build": px, "latency": lat, "backbone_img_s": thr, "builds": {str(k): v for k, v in builds.items()},
+        res["figures"] = {"pixel_build": px, "latency": lat, "backbone_img_s": thr,
+                          "builds": {str(k): v for k, v in builds.items()},
                           "extrapolated_full": None if measured_full else {"seconds": full_s, "peak_mb": full_mb},
                           "hnsw_recall_effnet": recall,
                           "quality_pixels_full": {m: pixel_report["methods"][m] for m in PIXEL_METHODS + RERANK_PIXEL},

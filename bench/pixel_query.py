@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,7 @@ from retrieval.images import is_image_name
 from retrieval.indexing import DEFAULT_PIXEL_SIZE, build_index
 from retrieval.search import LookalikeIndex
 
-from .common import (add_check, add_table, cli, fmt_ms, fmt_ratio, median_ms, peak_rss_mb, result,
-                     sample_library, stopwatch, timed)
+from .common import add_check, add_table, cli, fmt_ms, fmt_ratio, median_ms, peak_rss_mb, result, sample_library, timed
 
 
 def seed_read_image_from_path(path, size):
@@ -68,6 +68,30 @@ def full_pass(index: LookalikeIndex, query: Path) -> list[int]:
     return list(top_k(index.pixels.scores(q, "l1"), 5, False, skip))
 
 
+def take_turns(lib: Path, test: list[Path], indexes: dict[int, LookalikeIndex], queries: int, seed_queries: int,
+               seed_size: int) -> tuple[list[float], dict[int, list[float]], list[float], list[int]]:
+    """Seconds per query of the seed, of ours at each size and of one full L1 pass at seed_size (no
+    pruning), and the rows pruning read in full. Seed and ours take turns, so that both see the same
+    machine load: one seed query, then a share of ours at each size."""
+    seed_t: list[float] = []
+    ours_t: dict[int, list[float]] = {size: [] for size in indexes}
+    full_t: list[float] = []
+    visited: list[int] = []
+    cycle = itertools.cycle(test)
+    per_turn = -(-queries // seed_queries)
+    for turn in range(seed_queries):
+        # The seed's folder walk appends names to root_img_path with a bare "+": keep its "/".
+        seed_t += timed(partial(seed_get_l1_score, f"{lib / 'train'}/", str(test[0]), (seed_size, seed_size)),
+                        repeat=1, warmup=0)
+        for size, index in indexes.items():
+            n = min(per_turn, queries - turn * per_turn)
+            ours_t[size] += timed(partial(index.search, method="pixel-l1", k=5), repeat=n, warmup=0, args=cycle)
+            if size == seed_size and index.l1_pruner is not None:
+                visited.append(index.l1_pruner.last_stats.get("full_rows", 0))
+                full_t += timed(partial(full_pass, index), repeat=n, warmup=0, args=cycle)
+    return seed_t, ours_t, full_t, visited
+
+
 def run(data: str | None = None, queries: int = 20, seed_queries: int = 3, seed_size: int = 448,
         sizes: tuple[int, ...] | None = None) -> dict:
     """Seed (rescan per query at `seed_size`) against our index at `seed_size` and the default size."""
@@ -77,31 +101,13 @@ def run(data: str | None = None, queries: int = 20, seed_queries: int = 3, seed_
     res = result("pixel_query", "Pixel query: the seed's rescan per query versus our index (L1)",
                  {"data": str(lib), "queries": queries, "seed_queries": seed_queries, "seed_size": seed_size,
                   "sizes": list(sizes)})
-    with stopwatch(res), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         indexes = {}
         for size in sizes:
             build_index(lib, Path(tmp) / f"i{size}", pixel_size=size, model="none", evaluate=False)
             indexes[size] = LookalikeIndex.open(Path(tmp) / f"i{size}")
             indexes[size].search(test[0], "pixel-l1", k=5)          # warm-up
-        # Seed and ours take turns, so that both see the same machine load: one seed query, then a
-        # share of ours at each size. The seed's folder walk appends names to root_img_path with a
-        # bare "+": keep its "/".
-        seed_t: list[float] = []
-        ours_t: dict[int, list[float]] = {size: [] for size in sizes}
-        full_t: list[float] = []       # the same index at seed_size without pruning (one full L1 pass)
-        visited: list[int] = []
-        cycle = itertools.cycle(test)
-        per_turn = -(-queries // seed_queries)
-        for turn in range(seed_queries):
-            seed_t += timed(lambda: seed_get_l1_score(str(lib / "train") + "/", str(test[0]), (seed_size, seed_size)),
-                            repeat=1, warmup=0)
-            for size in sizes:
-                n = min(per_turn, queries - turn * per_turn)
-                ours_t[size] += timed(lambda: indexes[size].search(next(cycle), "pixel-l1", k=5), repeat=n, warmup=0)
-                pruner = indexes[size].l1_pruner
-                if size == seed_size and pruner is not None:
-                    visited.append(pruner.last_stats.get("full_rows", 0))
-                    full_t += timed(lambda: full_pass(indexes[size], next(cycle)), repeat=n, warmup=0)
+        seed_t, ours_t, full_t, visited = take_turns(lib, test, indexes, queries, seed_queries, seed_size)
         seed_ms = median_ms(seed_t)
         rows = [["seed: re-read and resize every library image per query", seed_size, fmt_ms(seed_ms), "1x (baseline)"]]
         ours = {size: median_ms(t) for size, t in ours_t.items()}
@@ -120,8 +126,8 @@ def run(data: str | None = None, queries: int = 20, seed_queries: int = 3, seed_
         res["figures"] = {"seed_ms": seed_ms, "ours_ms": {str(k): v for k, v in ours.items()},
                           "full_pass_ms": median_ms(full_t) if full_t else None}
         if visited:
-            res["notes"].append(f"pruning at {seed_size}px: {np.mean(visited):.1f} of {n_lib} library rows read at full "
-                                "resolution per query on average (the rest ruled out by block-sum lower bounds, "
+            res["notes"].append(f"pruning at {seed_size}px: {np.mean(visited):.1f} of {n_lib} library rows read at "
+                                "full resolution per query on average (the rest ruled out by block-sum lower bounds, "
                                 "exactly: tests/test_pruning.py)")
         if seed_size in ours:
             ratio = seed_ms / ours[seed_size]

@@ -33,9 +33,8 @@ from typing import Any
 
 from retrieval import atomic
 
-from .common import ROOT, machine, mark, now, render, stop_process
+from .common import BENCH, ROOT, machine, mark, now, render, result, stop_process
 
-BENCH = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 
@@ -49,8 +48,7 @@ class Bench:
     full: dict[str, Any] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=dict)
     default: bool = True          # part of a plain `python -m bench`
-    script_args: tuple[str, ...] | None = None   # a script without run(): its printout is the result
-    quick_script_args: tuple[str, ...] | None = None
+    script: bool = False          # a script without run(), left out of quick runs: its printout is the result
 
 
 SUITE: tuple[Bench, ...] = (
@@ -74,7 +72,7 @@ SUITE: tuple[Bench, ...] = (
     Bench("duplicates", "duplicates", full={"photos": 100}, quick={"photos": 20}),
     # The app engineer's script (no run()): its printout is kept as is. It builds an effnet index of
     # the sample library first (minutes on 2 cores), so quick runs leave it out.
-    Bench("app_latency", "load.app_latency", script_args=()),
+    Bench("app_latency", "load.app_latency", script=True),
     # The app under prlimit --as with hostile uploads at its configured concurrency.
     Bench("hostile_memory", "load.hostile_memory", full={"seconds": 60}, quick={"seconds": 10}),
 )
@@ -89,6 +87,11 @@ BY_NAME = {b.name: b for b in SUITE}
 
 
 # -- child side --------------------------------------------------------------------------------
+def failed(name: str, config: dict[str, Any], mode: str, error: str) -> dict[str, Any]:
+    """The result of a benchmark that did not hand one back: its error instead of figures."""
+    return {**result(name, name, config), "mode": mode, "error": error}
+
+
 def run_child(name: str, mode: str, out: Path, overrides: dict[str, Any]) -> int:
     """Run one benchmark in this process and write its result (or its failure) to `out`."""
     import logging
@@ -101,8 +104,7 @@ def run_child(name: str, mode: str, out: Path, overrides: dict[str, Any]) -> int
         res = mod.run(**config)
         code = 0
     except Exception:
-        res = {"name": name, "title": name, "config": config, "started": now(), "tables": [], "checks": [],
-               "notes": [], "figures": {}, "error": traceback.format_exc()}
+        res = failed(name, config, mode, traceback.format_exc())
         code = 1
     res.setdefault("seconds", round(time.perf_counter() - t0, 1))
     res["name"], res["mode"], res["machine"] = name, mode, machine()
@@ -112,21 +114,39 @@ def run_child(name: str, mode: str, out: Path, overrides: dict[str, Any]) -> int
 
 def run_script(b: Bench, mode: str, log: Path, env: dict[str, str]) -> dict[str, Any]:
     """A benchmark without run(): run the script and keep its printout as the result."""
-    args = b.quick_script_args if mode == "quick" else b.script_args
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-m", f"bench.{b.module}", *args], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", f"bench.{b.module}"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
-    res = {"name": b.name, "title": f"{b.module}.py (its own printout)", "config": {"args": list(args)},
-           "started": now(), "seconds": round(time.perf_counter() - t0, 1), "tables": [], "checks": [],
-           "notes": [], "figures": {}, "transcript": proc.stdout, "mode": mode,
+    res = {**result(b.name, f"{b.module}.py (its own printout)", {"args": []}),
+           "seconds": round(time.perf_counter() - t0, 1), "transcript": proc.stdout, "mode": mode,
            "machine": {**machine(), "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY")}}
     if proc.returncode != 0:
         res["error"] = f"exit status {proc.returncode}; see {log}\n" + log.read_text()[-3000:]
     return res
 
 
-# -- parent side -------------------------------------------------------------------------------
+def run_in_child(b: Bench, mode: str, log: Path, out: Path, overrides: dict[str, Any],
+                 env: dict[str, str]) -> dict[str, Any]:
+    """Run one benchmark as `python -m bench --child NAME` and read back its result: a process of its
+    own keeps one benchmark's peak memory and thread settings out of the next. A child killed before
+    it wrote anything (out of memory?) still yields a result, with its log's tail as the error."""
+    cmd = [sys.executable, "-m", "bench", "--child", b.name, "--json", str(out),
+           "--overrides", json.dumps(overrides)] + (["--quick"] if mode == "quick" else [])
+    with open(log, "w") as fh:
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = child.wait()
+        finally:   # interrupted (Ctrl-C, SIGTERM): do not leave the benchmark running
+            if child.poll() is None:
+                stop_process(child)
+    if out.is_file():
+        return json.loads(out.read_text("utf-8"))
+    return failed(b.name, overrides, mode, f"the child exited with status {code} and wrote no result; "
+                                           f"log {log}:\n" + log.read_text()[-3000:])
+
+
+# -- the report --------------------------------------------------------------------------------
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     """--set NAME.key=JSON -> {NAME: {key: value}} (a bare word that is not JSON is a string)."""
     out: dict[str, dict[str, Any]] = {}
@@ -204,37 +224,12 @@ def render_all(results: dict[str, dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_suite() -> None:
-    """`--list`: every benchmark, whether a plain run includes it, and its full and quick configs."""
-    for b in SUITE:
-        script = b.script_args is not None
-        print(f"{b.name:14} {'default' if b.default else 'opt-in ':8} "
-              f"full={list(b.script_args) if script else b.full} quick={list(b.quick_script_args or ()) if script else b.quick}")
+def write_report(results_dir: Path, out: Path, command: str) -> None:
+    atomic.write_bytes(out, render_all(load_results(results_dir), command).encode("utf-8"))
 
 
-def run_in_child(b: Bench, mode: str, log: Path, out: Path, overrides: dict[str, Any],
-                 env: dict[str, str]) -> dict[str, Any]:
-    """Run one benchmark as `python -m bench --child NAME` and read back its result: a process of its
-    own keeps one benchmark's peak memory and thread settings out of the next. A child killed before
-    it wrote anything (out of memory?) still yields a result, with its log's tail as the error."""
-    cmd = [sys.executable, "-m", "bench", "--child", b.name, "--json", str(out),
-           "--overrides", json.dumps(overrides)] + (["--quick"] if mode == "quick" else [])
-    with open(log, "w") as fh:
-        child = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        try:
-            code = child.wait()
-        finally:   # interrupted (Ctrl-C, SIGTERM): do not leave the benchmark running
-            if child.poll() is None:
-                stop_process(child)
-    if out.is_file():
-        return json.loads(out.read_text("utf-8"))
-    return {"name": b.name, "title": b.name, "config": overrides, "started": now(),
-            "mode": mode, "tables": [], "checks": [], "notes": [], "figures": {},
-            "error": f"the child exited with status {code} and wrote no result; log {log}:\n"
-                     + log.read_text()[-3000:]}
-
-
-def main(argv: list[str] | None = None) -> int:
+# -- command line ------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: the whole suite in a few minutes")
@@ -253,19 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    mode = "quick" if args.quick else "full"
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run `finally:` blocks on kill
-    if args.child:
-        return run_child(args.child, mode, args.json, json.loads(args.overrides))
-    if args.list:
-        print_suite()
-        return 0
-    if args.render:
-        command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        atomic.write_bytes(args.out, render_all(load_results(args.results), command).encode("utf-8"))
-        print(f"wrote {args.out}")
-        return 0
+    return ap
+
+
+def chosen(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[Bench]:
+    """The entries to run: --only's (or the default ones) less --skip's; a retired name says how to run it."""
     unknown = [n for n in (args.only or []) + args.skip if n not in BY_NAME]
     retired = [n for n in unknown if n in RETIRED]
     if retired:
@@ -273,36 +260,51 @@ def main(argv: list[str] | None = None) -> int:
                  f"again: git checkout {STUDIES_COMMIT[:12]} && python -m bench --only {retired[0]}")
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BY_NAME)}")
-    chosen = [b for b in SUITE if (b.name in args.only if args.only else b.default) and b.name not in args.skip]
-    sets = parse_sets(args.set)
+    picked = [b for b in SUITE if (b.name in args.only if args.only else b.default) and b.name not in args.skip]
+    return [b for b in picked if not (b.script and args.quick)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run `finally:` blocks on kill
+    if args.child:
+        return run_child(args.child, mode, args.json, json.loads(args.overrides))
+    if args.list:
+        for b in SUITE:
+            print(f"{b.name:14} {'default' if b.default else 'opt-in ':8} full={b.full} quick={b.quick}")
+        return 0
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.render:
+        write_report(args.results, args.out, command)
+        print(f"wrote {args.out}")
+        return 0
+    benches, sets = chosen(ap, args), parse_sets(args.set)
     logs = Path(tempfile.mkdtemp(prefix="lookalike-bench-logs-"))
     env = dict(os.environ)
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     args.results.mkdir(parents=True, exist_ok=True)
-    print(f"{len(chosen)} benchmarks ({mode}); logs in {logs}", flush=True)
-    failed = []
+    print(f"{len(benches)} benchmarks ({mode}); logs in {logs}", flush=True)
+    failures = []
     t_suite = time.perf_counter()
-    for b in chosen:
+    for b in benches:
         t0 = time.perf_counter()
         print(f"-> {b.name} ...", end=" ", flush=True)
         log = logs / f"{b.name}.log"
-        if b.script_args is not None and args.quick and b.quick_script_args is None:
-            print("skipped in quick mode")
-            continue
-        if b.script_args is not None:
+        if b.script:
             res = run_script(b, mode, log, env)
         else:
             res = run_in_child(b, mode, log, logs / f"{b.name}.json", sets.get(b.name, {}), env)
         if res.get("error"):
-            failed.append(b.name)
+            failures.append(b.name)
         atomic.write_json(args.results / f"{b.name}.json", res)
-        atomic.write_bytes(args.out, render_all(load_results(args.results), command).encode("utf-8"))
+        write_report(args.results, args.out, command)
         print(f"{'FAILED' if res.get('error') else 'ok'} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"suite took {time.perf_counter() - t_suite:.0f} s; wrote {args.out}"
-          + (f"; failed: {', '.join(failed)} (see {logs})" if failed else ""))
-    return 1 if failed else 0
+          + (f"; failed: {', '.join(failures)} (see {logs})" if failures else ""))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

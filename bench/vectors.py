@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from retrieval.metrics import PreparedMatrix, top_k
 from retrieval.vectorstore import HNSW
 
 from .common import (PeakMemory, add_check, add_table, cli, cpu_seconds, fmt_ms, free_port, hwm_mb, median_ms,
-                     percentile_ms, result, rss_mb, stop_process, stopwatch, timed)
+                     percentile_ms, result, rss_mb, stop_process, timed, wait_for_http)
 
 log = logging.getLogger(__name__)
 EF_SWEEP = (100, 200, 400, 800, 1600)
@@ -76,6 +77,10 @@ def exact_top(data: np.ndarray, queries: np.ndarray, k: int, step: int = 16) -> 
     return truth
 
 
+def exact_query(m: PreparedMatrix, metric: str, k: int, query: np.ndarray) -> np.ndarray:
+    return top_k(m.scores(query, metric), k, metric == "cosine")
+
+
 def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
@@ -104,6 +109,12 @@ def fill(col: Any, data: np.ndarray, start: int, stop: int, batch: int) -> float
     return time.perf_counter() - t0
 
 
+def cosine_collection(client: Any) -> Any:
+    """The one collection each phase fills: space cosine, the product's HNSW settings."""
+    return client.get_or_create_collection("bench-cosine", configuration={"hnsw": {"space": "cosine", **HNSW}},
+                                           embedding_function=None)
+
+
 def open_collection(path: Path, ef_search: int | None = None, create: bool = False):
     import chromadb
     from chromadb.api.client import SharedSystemClient
@@ -111,11 +122,7 @@ def open_collection(path: Path, ef_search: int | None = None, create: bool = Fal
 
     SharedSystemClient.clear_system_cache()   # a fresh client really reloads the index from disk
     client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
-    if create:
-        col = client.get_or_create_collection("bench-cosine", configuration={"hnsw": {"space": "cosine", **HNSW}},
-                                              embedding_function=None)
-    else:
-        col = client.get_collection("bench-cosine")
+    col = cosine_collection(client) if create else client.get_collection("bench-cosine")
     if ef_search is not None:
         col.modify(configuration={"hnsw": {"ef_search": ef_search}})
         del col, client
@@ -128,21 +135,12 @@ def chroma_server(path: Path, port: int) -> subprocess.Popen:
     exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chroma run exited with status {proc.returncode}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).read()
-            return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("chroma run did not answer within 60 s")
+    wait_for_http(proc, f"http://127.0.0.1:{port}/api/v2/heartbeat", 60, "chroma run")
+    return proc
 
 
-def server_run(data: np.ndarray, queries: np.ndarray, truth: list[set[int]], n: int, k: int, tmp: Path) -> dict[str, Any]:
+def server_run(data: np.ndarray, queries: np.ndarray, truth: list[set[int]], n: int, k: int,
+               tmp: Path) -> dict[str, Any]:
     import chromadb
     from chromadb.config import Settings
 
@@ -150,8 +148,7 @@ def server_run(data: np.ndarray, queries: np.ndarray, truth: list[set[int]], n: 
     proc = chroma_server(tmp / "server", port)
     try:
         client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=Settings(anonymized_telemetry=False))
-        col = client.get_or_create_collection("bench-cosine", configuration={"hnsw": {"space": "cosine", **HNSW}},
-                                              embedding_function=None)
+        col = cosine_collection(client)
         build_s = fill(col, data, 0, n, int(client.get_max_batch_size()))
         q = time_queries(col, queries, truth, k)
         server_peak = hwm_mb(proc.pid)
@@ -186,8 +183,8 @@ def embedded_builds(res: dict, path: Path, data: np.ndarray, qs: np.ndarray, tru
     del client, col
     add_table(res, f"Embedded Chroma (PersistentClient), one cosine collection, HNSW {HNSW}. Build is "
                    f"cumulative upsert time (wall clock, and CPU seconds of all the process's threads, which "
-                   f"other jobs on the machine hardly change); peak is the process's resident peak while filling up to that "
-                   f"size (in brackets: above the {rss_before:.0f} MB the process held before, which "
+                   f"other jobs on the machine hardly change); peak is the process's resident peak while filling "
+                   f"up to that size (in brackets: above the {rss_before:.0f} MB the process held before, which "
                    f"includes the source vectors); queries are single, k={k}, p50/p99 over {len(qs)}.",
               ["vectors", "build (s)", "build CPU (s)", "vectors/s", "disk (MB)", "peak RSS (MB)", "p50 (ms)",
                "p99 (ms)", f"recall@{k}"], hnsw_rows)
@@ -238,14 +235,13 @@ def exact_search(res: dict, data: np.ndarray, qs: np.ndarray, exact_sizes: tuple
     exact_rows, exact = [], {}
     for n in sorted(exact_sizes):
         m = PreparedMatrix(data[:n])
-        it = iter(np.concatenate([qs] * 4))
-        cos = timed(lambda: top_k(m.scores(next(it), "cosine"), k, True), repeat=min(30, len(qs)), warmup=2)
-        l1 = timed(lambda: top_k(m.scores(next(it), "l1"), k, False), repeat=5 if n >= 500_000 else 10, warmup=1)
+        cos = timed(partial(exact_query, m, "cosine", k), repeat=min(30, len(qs)), warmup=2, args=qs)
+        l1 = timed(partial(exact_query, m, "l1", k), repeat=5 if n >= 500_000 else 10, warmup=1, args=qs)
         exact[n] = {"cosine_ms": median_ms(cos), "l1_ms": median_ms(l1)}
         h = hnsw.get(n)
+        faster = ("HNSW" if h["p50_ms"] < exact[n]["cosine_ms"] else "exact") if h else ""
         exact_rows.append([f"{n:,}", fmt_ms(exact[n]["cosine_ms"]), fmt_ms(exact[n]["l1_ms"]),
-                           fmt_ms(h["p50_ms"]) if h else "not built", "HNSW" if h and h["p50_ms"] < exact[n]["cosine_ms"]
-                           else ("exact" if h else "")])
+                           fmt_ms(h["p50_ms"]) if h else "not built", faster])
         del m
     add_table(res, f"Exact search, one query, top {k} (PreparedMatrix on float32, no copy) against the embedded "
                    f"HNSW p50 at the same size: exact cost grows linearly with N, HNSW's barely.",
@@ -256,7 +252,8 @@ def exact_search(res: dict, data: np.ndarray, qs: np.ndarray, exact_sizes: tuple
         cross = [n for n in both if hnsw[n]["p50_ms"] < exact[n]["cosine_ms"]]
         est = int(np.median([hnsw[n]["p50_ms"] for n in both]) / slope) if slope > 0 else None
         res["notes"].append(
-            "HNSW overtakes exact cosine search " + (f"by {cross[0]:,} vectors" if cross else "at none of the sizes built")
+            "HNSW overtakes exact cosine search "
+            + (f"by {cross[0]:,} vectors" if cross else "at none of the sizes built")
             + (f"; on the linear fit of exact time (about {1e6 * slope:.1f} ms per million vectors) against the "
                f"HNSW median, the crossover is near {est:,} vectors" if est else "") + ".")
     return exact
@@ -275,16 +272,17 @@ def run(sizes: tuple[int, ...] = (10_000, 100_000), server_n: int = 100_000,
     res = result(name, f"{dim}-d {dataset} vectors at scale: Chroma HNSW (embedded and server) and exact search",
                  {"sizes": list(sizes), "server_n": server_n, "exact_sizes": list(exact_sizes), "queries": queries,
                   "dim": dim, "k": k, "ef_sweep": list(ef_sweep), "hnsw": HNSW, "dataset": dataset, "alpha": alpha})
-    with stopwatch(res), tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=workdir) as scratch:
+        tmp = Path(scratch)
         t0 = time.perf_counter()
         data = unit_vectors(n_max, dim, seed=0, alpha=alpha)
         qs = unit_vectors(queries, dim, seed=1, alpha=alpha)
         what = ("uniform on the sphere (the hardest case for a graph index)" if not alpha else
                 f"Gaussian with a power-law spectrum (variance of component i ~ i^-{alpha}, as in real "
                 "embeddings), normalised")
-        res["notes"].append(f"{n_max:,} {dataset} unit vectors ({data.nbytes / 2**30:.2f} GiB), {what}, generated in "
-                            f"{time.perf_counter() - t0:.0f} s; {queries} queries drawn the same way (not library rows).")
+        res["notes"].append(f"{n_max:,} {dataset} unit vectors ({data.nbytes / 2**30:.2f} GiB), {what}, generated "
+                            f"in {time.perf_counter() - t0:.0f} s; {queries} queries drawn the same way (not library "
+                            "rows).")
         truths = {n: exact_top(data[:n], qs, k) for n in sorted(set(sizes) | set(exact_sizes) | {server_n}) if n}
 
         hnsw: dict[int, dict[str, float]] = {}

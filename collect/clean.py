@@ -204,14 +204,7 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
                  near_threshold: float | None = None) -> CleanReport:
     """Build clean/<class>/ from raw/<category>/<term>/; see the module docstring."""
     raw_dir, clean_dir, quarantine_dir = Path(raw_dir), Path(clean_dir), Path(quarantine_dir)
-    if not raw_dir.is_dir():
-        raise LibraryError(f"no raw images at {raw_dir}: run `python build_index.py download` first")
-    files = raw_files(raw_dir)
-    if not files:
-        raise LibraryError(f"{raw_dir} holds no raw/<category>/<term>/<image> files to clean")
-    clean_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (clean_dir, quarantine_dir):   # temporaries of a run that was killed
-        remove_leftovers(folder, recursive=True)
+    files = _files_to_clean(raw_dir, clean_dir, quarantine_dir)
     state_path = clean_dir / STATE_NAME
     checks, outputs = _load_state(state_path)
     quarantine = _Quarantine(quarantine_dir)
@@ -227,11 +220,7 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
         sha = hashlib.sha256(data).hexdigest()
         info, img = (checks[sha], None) if sha in checks else inspect_image(data, rel)
         checks[sha] = info
-        reason, detail = info["status"], info.get("detail", "")
-        if reason == "ok" and min(info["width"], info["height"]) < min_side:
-            reason, detail = "too_small", f"{info['width']}x{info['height']} < {min_side}px"
-        elif reason == "ok" and sha in first_seen:
-            reason, detail = "duplicate", f"same bytes as {first_seen[sha]}"
+        reason, detail = _verdict(info, first_seen.get(sha), min_side)
         if reason != "ok":
             report.rejected[reason] += 1
             report.rejects.append({"path": rel, "kind": reason})
@@ -243,12 +232,7 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
         target = clean_dir / cls / name
         out_rel = f"{cls}/{name}"
         if not target.is_file() or outputs.get(out_rel) != sha:
-            if info["convert"]:
-                if img is None:  # the check came from the state cache
-                    img = load_image(data, name=rel)
-                write_bytes(target, _encode_rgb(img, name))
-            else:
-                write_bytes(target, data)
+            _write_clean(target, data, info, img, rel)
             outputs[out_rel] = sha
             report.written += 1
         report.converted += bool(info["convert"])
@@ -256,9 +240,7 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
         categories_of[cls].add(category)
         sources[out_rel] = rel
 
-    for cls, cats in sorted(categories_of.items()):
-        if len(cats) > 1:
-            log.info("class %r merges the term from categories %s", cls, ", ".join(sorted(cats)))
+    _log_merged_classes(categories_of)
     if near_duplicates:
         _quarantine_near_duplicates(clean_dir, produced, outputs, checks, quarantine, report, near_threshold)
     _move_stale(clean_dir, produced, quarantine)
@@ -273,6 +255,48 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
     report.classes = {cls: len(names) for cls, names in sorted(produced.items())}
     log.info("clean: %s -> %s", report.summary(), clean_dir)
     return report
+
+
+def _files_to_clean(raw_dir: Path, clean_dir: Path, quarantine_dir: Path) -> list[tuple[str, str, Path]]:
+    """raw_files(raw_dir), refusing a missing or empty raw/; makes clean/ and clears the temporaries
+    a killed run left in clean/ and quarantine/."""
+    if not raw_dir.is_dir():
+        raise LibraryError(f"no raw images at {raw_dir}: run `python build_index.py download` first")
+    files = raw_files(raw_dir)
+    if not files:
+        raise LibraryError(f"{raw_dir} holds no raw/<category>/<term>/<image> files to clean")
+    clean_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (clean_dir, quarantine_dir):   # temporaries of a run that was killed
+        remove_leftovers(folder, recursive=True)
+    return files
+
+
+def _verdict(info: dict[str, Any], kept_as: str | None, min_side: int) -> tuple[str, str]:
+    """(reason, detail) for one checked file: its check's status, or too_small under `min_side`, or
+    duplicate when the same bytes were already kept (as `kept_as`); "ok" keeps it."""
+    reason, detail = info["status"], info.get("detail", "")
+    if reason == "ok" and min(info["width"], info["height"]) < min_side:
+        return "too_small", f"{info['width']}x{info['height']} < {min_side}px"
+    if reason == "ok" and kept_as is not None:
+        return "duplicate", f"same bytes as {kept_as}"
+    return reason, detail
+
+
+def _write_clean(target: Path, data: bytes, info: dict[str, Any], img: Image.Image | None, rel: str) -> None:
+    """Write one kept image: the bytes as they are, or re-encoded as RGB when the check says convert."""
+    if not info["convert"]:
+        write_bytes(target, data)
+        return
+    if img is None:  # the check came from the state cache
+        img = load_image(data, name=rel)
+    write_bytes(target, _encode_rgb(img, target.name))
+
+
+def _log_merged_classes(categories_of: dict[str, set[str]]) -> None:
+    """Say which classes join one term from several categories (the class is the term)."""
+    for cls, cats in sorted(categories_of.items()):
+        if len(cats) > 1:
+            log.info("class %r merges the term from categories %s", cls, ", ".join(sorted(cats)))
 
 
 def _quarantine_near_duplicates(clean_dir: Path, produced: dict[str, set[str]], outputs: dict[str, str],

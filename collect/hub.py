@@ -278,18 +278,15 @@ def stage_index(index_dir: Path, folder: Path) -> list[str]:
 
     index_dir = Path(index_dir)
     manifest = Manifest.read(index_dir)  # a clear error when there is no built index
-    from retrieval.rerank import record_files
-    names = [MANIFEST, manifest.pixels_file, EVALUATION, *record_files(manifest.rerank)]   # DBA rows too
-    if manifest.embedder:
-        names.append(manifest.embedder["file"])
+    names = [MANIFEST, EVALUATION, *manifest.files()]   # the arrays: pixels, embeddings, DBA rows
     files = []
     for name in names:
         if (index_dir / name).is_file():
             (folder / HUB_INDEX).mkdir(parents=True, exist_ok=True)
             shutil.copy2(index_dir / name, folder / HUB_INDEX / name)
             files.append(f"index/{name}")
-    chroma = (manifest.chroma or {}).get("path")
-    if (manifest.chroma or {}).get("mode") == "embedded" and isinstance(chroma, str) and (index_dir / chroma).is_dir():
+    chroma = manifest.chroma.path if manifest.chroma else None
+    if manifest.chroma and manifest.chroma.mode == "embedded" and chroma and (index_dir / chroma).is_dir():
         shutil.copytree(index_dir / chroma, folder / HUB_INDEX / chroma)
         files += [f"index/{p.relative_to(index_dir).as_posix()}" for p in sorted((index_dir / chroma).rglob("*"))
                   if p.is_file()]

@@ -62,7 +62,7 @@ def read_provenance(urls_path: Path) -> dict[str, Any]:
 
 
 def write_provenance(urls_path: Path, *, search_url: str, licences: str | None,
-                     photos: Mapping[str, Mapping[str, str]]) -> None:
+                     photos: Mapping[str, Mapping[str, str | None]]) -> None:
     """Merge `photos` ({url: {page_url, term, category, search_page}}) into the sidecar, atomically."""
     data = read_provenance(urls_path)
     data.update({"schema": SCHEMA, "search_url": search_url, "licence_filter": licences or NO_FILTER})

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import LookalikeError
+from .errors import LookalikeError, Remedy
+from .methods import PIXEL_DEFAULT
 from .paths import DEFAULT_DATA, DEFAULT_INDEX
 from .runner import run
 
@@ -18,6 +19,32 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=int, default=None, help="refuse an index built at another size")
     p.add_argument("--model", default=None, help="refuse an index built with another model")
     p.add_argument("--chroma-url", default=None, help="Chroma server http://HOST:PORT (default: as recorded)")
+
+
+_MODELS = "--model effnet (offline) or --model ViT-B-32:laion2b_s34b_b79k (CLIP, online)"
+_CLIP = "--model ViT-B-32:laion2b_s34b_b79k (online) or --model ViT-B-32:/path/to/checkpoint.pt"
+
+
+def remedy_hint(exc: LookalikeError, args: argparse.Namespace) -> str | None:
+    """An error's remedy (retrieval.errors.Remedy) as a command of this command line, or None when
+    no command helps. The core says what to do in plain words; only here are flags named."""
+    if exc.remedy is None:
+        return None
+    index = getattr(args, "index", None) or DEFAULT_INDEX
+    data = getattr(args, "data", None)
+    build = f"python build_index.py index{f' --data {data}' if data else ''} --index {index}"
+    model, size = getattr(args, "model", None), getattr(args, "pixel_size", None)
+    commands = {
+        Remedy.BUILD_INDEX: build, Remedy.REBUILD_INDEX: build, Remedy.REPAIR_INDEX: build,
+        Remedy.BUILD_WITH_MODEL: f"{build} {_MODELS}",
+        Remedy.BUILD_WITH_CLIP: f"{build} {_CLIP}",
+        Remedy.MATCH_PIXEL_SIZE: f"{build} --pixel-size {size}" if size else build,
+        Remedy.MATCH_MODEL: f"{build} --model {model}" if model else build,
+        Remedy.BUILD_SAMPLE: f"python build_index.py sample --out {getattr(args, 'data', None) or DEFAULT_DATA}",
+        Remedy.WAIT_FOR_BUILD: "add --lock-wait SECONDS to wait for the other build",
+        Remedy.START_CHROMA: "chroma run --path DIR --host HOST --port PORT, or leave out --chroma-url",
+    }
+    return commands.get(exc.remedy)
 
 
 def _open(args: argparse.Namespace):
@@ -55,7 +82,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                              "(or a composed query: --query TERM ... --minus TERM)")
     index = _open(args)
     if terms is not None:   # refused with a clear message on a pixel-only index or text terms without CLIP
-        method = args.method or (f"{index.manifest.embedder['name']}-cosine" if index.manifest.embedder else None)
+        method = args.method or (str(index.default_method) if index.manifest.embedder else None)
         # The model loads before the timed query (pixel-only: search_composed refuses at once).
         loaded, load_secs = index.prepare(method) if method else (set(), 0.0)
         hits, secs = index.search_composed(terms, method, args.k)
@@ -64,8 +91,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                               for t in terms))
         _print_hits(hits, method, index.parse_method(method), secs, loaded, load_secs)
         return 0
-    method = args.method or ("pixel-l1" if args.text is None or not index.manifest.embedder
-                             else f"{index.manifest.embedder['name']}-cosine")
+    method = args.method or str(PIXEL_DEFAULT if args.text is None else index.default_method)
     order = index.parse_method(method)
     # Loading the model (and Chroma) is reported apart from the query; a text query on an index
     # without a text tower is refused by search_text before anything loads.
@@ -84,72 +110,37 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import atomic
-    from .evaluate import evaluate_index, format_table
-    from .library import NothingToEvaluate, evaluation_protocol
+    """`evaluate`: the protocol asked for, decided by retrieval.evaluate.run; with --save both
+    protocols, written to evaluation.json as the build writes it."""
+    from . import evaluation_file
+    from .evaluate import format_table, run as evaluate
+    from .kfold import format_tune
     index = _open(args)
-    if args.protocol == "kfold" and not args.save:
-        return _evaluate_kfold(index, args)
-    try:
-        protocol, why = evaluation_protocol(index.manifest.labels, index.rels, index.data_dir)
-        if protocol is None:
-            raise NothingToEvaluate(why)
-        try:
-            if protocol == "kfold":
-                raise NothingToEvaluate(why)
-            report = evaluate_index(index, methods=args.methods or None)
-        except NothingToEvaluate as exc:   # no test split (or nothing readable in it): k-fold instead
-            print(f"# {exc}; k-fold instead (--protocol kfold)", file=sys.stderr if args.json else sys.stdout)
-            if not args.save:
-                return _evaluate_kfold(index, args)
-            from .evaluate import evaluate_kfold
-            from .paths import EVALUATION
-            report = evaluate_kfold(index, methods=args.methods or None, folds=args.folds, seed=args.seed)
-            atomic.write_json(index.index_dir / EVALUATION, report)   # a k-fold-only report; the app says so
-            print(json.dumps(report, indent=1) if args.json else format_table(report))
-            return 0
-    except NothingToEvaluate as exc:   # an unlabelled library: nothing wrong, nothing to score
-        print(f"# {exc}", file=sys.stderr if args.json else sys.stdout)
+    result = evaluate(index, "both" if args.save else args.protocol, methods=args.methods or None,
+                      folds=args.folds, seed=args.seed, tune=args.tune and not args.save)
+    notes = sys.stderr if args.json else sys.stdout   # with --json, stdout holds the JSON alone
+    if result.note:   # no test split (or nothing readable in it)
+        print(f"# {result.note}; k-fold instead (--protocol kfold)", file=notes)
+    report = result.report
+    if report is None:   # unlabelled, or a single class: nothing wrong, nothing to score
+        print(f"# {result.skipped}", file=notes)
         return 0
-    if args.save or args.protocol == "both":   # evaluation.json holds both protocols
-        from .evaluate import evaluate_kfold
-        try:
-            report["kfold"] = evaluate_kfold(index, methods=args.methods or None, folds=args.folds, seed=args.seed)
-        except NothingToEvaluate as exc:
-            report["kfold"] = {"skipped": str(exc)}
     if args.save:
-        from .paths import EVALUATION
-        atomic.write_json(index.index_dir / EVALUATION, report)
-    if args.json:
+        evaluation_file.write(index.index_dir, report)
+    if report["protocol"] == "kfold":   # k-fold alone, and with --tune the k x alpha grid per re-ranked source
+        if args.json:
+            print(json.dumps(report if args.save else {**report, "tune": result.tuning}, indent=1))
+        else:
+            print("\n".join([format_table(report), *map(format_tune, result.tuning)]))
+    elif args.json:
         print(json.dumps(report, indent=1))
-        return 0
-    if args.protocol == "test":
+    elif args.protocol == "test":
         print(format_table(report))
     else:
         print("## test split as queries\n\n" + format_table(report))
-    if args.protocol != "test" and "methods" in report.get("kfold", {}):
-        print("\n## k-fold\n\n" + format_table(report["kfold"]))
-    return 0
-
-
-def _evaluate_kfold(index, args: argparse.Namespace) -> int:
-    """`evaluate --protocol kfold [--tune]`: the k-fold table, and with --tune the k x alpha grid."""
-    from .evaluate import build_pool, evaluate_kfold, format_table, format_tune, tune_table
-    from .library import NothingToEvaluate
-    try:
-        pool = build_pool(index)
-        report = evaluate_kfold(index, methods=args.methods or None, folds=args.folds, seed=args.seed, pool=pool)
-        tables = [tune_table(index, src, folds=args.folds, seed=args.seed, pool=pool)
-                  for src in index.sources() if index.reranker.offers(src)] if args.tune else []
-    except NothingToEvaluate as exc:
-        print(f"# {exc}")
-        return 0
-    if args.json:
-        print(json.dumps({**report, "tune": tables}, indent=1))
-        return 0
-    print(format_table(report))
-    for table in tables:
-        print(format_tune(table))
+        kfold = report.get("kfold")
+        if kfold is not None and "methods" in kfold:
+            print("\n## k-fold\n\n" + format_table(kfold))
     return 0
 
 
@@ -178,7 +169,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             line += "\tre-ranked: " + " + ".join(x for x, on in (("DBA", m.dba), ("alpha-QE", m.qe)) if on) \
                 + f", {describe(index.rerank_settings(m.source))}"
         print(line)
-    for source, why in ((index.manifest.rerank or {}).get("skipped") or {}).items():
+    for source, why in (index.manifest.rerank.skipped if index.manifest.rerank else {}).items():
         print(f"# no re-ranked methods for {source}: {why}")
     return 0
 

@@ -19,7 +19,8 @@ from .errors import LookalikeError
 from .evaluate import average_precision
 from .images import QUERY_SIDE, ImageSource, load_image, resize_pixels
 from .metrics import METRICS
-from .search import Hit, LookalikeIndex, Method, check_k
+from .methods import Method
+from .search import Hit, LookalikeIndex, check_k
 
 KIND_ORDER = ("pixels", "deep, exact", "deep, HNSW (Chroma)", "re-ranked")
 
@@ -121,7 +122,7 @@ def _row(index: LookalikeIndex, m: Method, vec: np.ndarray, k: int, skip: set[in
     full = label is not None
     ranked = index.rank(vec, m, len(index.rels) if full else k, [skip])[0]
     ms = 1000 * (time.perf_counter() - t0)
-    hits = index._hits(ranked[:k])
+    hits = index.hits(ranked[:k])
     correct = p = ap = None
     if full:
         rel = index.labels[[i for i, _ in ranked]] == label

@@ -50,7 +50,7 @@ def split_weight(raw: str) -> tuple[float, str]:
     weight = float(m.group(1))
     if not 0 < weight <= MAX_WEIGHT:
         raise LookalikeError(f"the weight in {raw!r} must be over 0 and at most {MAX_WEIGHT:g} "
-                             "(use --minus for a negative term)")
+                             "(make it a minus term to push results away)")
     return weight, m.group(2).strip()
 
 
@@ -80,11 +80,11 @@ def parse_terms(queries: Sequence[str], minus: Sequence[str] = ()) -> list[Term]
 
 def check_terms(terms: Sequence[Term]) -> None:
     if not terms:
-        raise LookalikeError("a composed query needs at least one term: --query 'red car' or --query photo.jpg")
+        raise LookalikeError("a composed query needs at least one term: a text such as 'red car', or an image")
     if len(terms) > MAX_TERMS:
         raise LookalikeError(f"a composed query takes at most {MAX_TERMS} terms, got {len(terms)}")
     if not any(t.weight > 0 for t in terms):
-        raise LookalikeError("a composed query needs at least one positive term (--query); "
+        raise LookalikeError("a composed query needs at least one positive term; "
                              "minus terms only push results away from something")
 
 

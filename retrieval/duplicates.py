@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .errors import LookalikeError
+from .errors import LookalikeError, Remedy
+
+if TYPE_CHECKING:   # search imports torch lazily, but keep this module light
+    from .search import LookalikeIndex
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +169,7 @@ def similar_pairs(feats: Sequence[np.ndarray], threshold: float) -> tuple[np.nda
         found += len(rows)
         if found > MAX_PAIRS:
             raise LookalikeError(f"over {MAX_PAIRS:,} pairs reach the threshold {threshold}: that is far too "
-                                 "low for near-duplicates; raise --threshold (e.g. to the default)")
+                                 "low for near-duplicates; raise the threshold (e.g. to the default)")
     def cat(parts: list[np.ndarray], dt: type) -> np.ndarray:
         return np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
     return cat(out_i, np.int64), cat(out_j, np.int64), cat(out_s, np.float32)
@@ -261,21 +264,22 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def features_of_index(index: Any, features: str = "auto") -> tuple[str, list[np.ndarray], bool]:
+def features_of_index(index: LookalikeIndex, features: str = "auto") -> tuple[str, list[np.ndarray], bool]:
     """(kind, feature matrices, as_hash) of an opened LookalikeIndex: its embeddings, or the pHash
     (with zoomed variants) of its pixels."""
     emb = index.manifest.embedder
     if features not in ("auto", "embeddings", "phash"):
         raise LookalikeError(f"features must be auto, embeddings or phash, not {features!r}")
     if features == "embeddings" and not emb:
-        raise LookalikeError("this index has no embeddings (pixel-only); use --features phash or rebuild with --model")
+        raise LookalikeError("this index has no embeddings (pixel-only); use pHash features, or rebuild the index "
+                             "with a model", remedy=Remedy.BUILD_WITH_MODEL)
     if emb and features != "phash":
-        return emb["name"], [normalised(index.embeddings.data)], False
+        return emb.name, [normalised(index.matrix(emb.name).data)], False
     size = index.manifest.pixel_size
     return "phash", phash_features(grey_thumbnails(index.pixels.data, size)), True
 
 
-def find_duplicates(index: Any, threshold: float | None = None, features: str = "auto") -> DuplicateReport:
+def find_duplicates(index: LookalikeIndex, threshold: float | None = None, features: str = "auto") -> DuplicateReport:
     """Near-duplicate groups of an opened index, from what it stores (no image is decoded)."""
     kind, unit, as_hash = features_of_index(index, features)
     t = check_threshold(DEFAULT_THRESHOLDS.get(kind, DEFAULT_THRESHOLDS["clip"]) if threshold is None else threshold)

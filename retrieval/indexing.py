@@ -10,19 +10,19 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import atomic
+from . import atomic, evaluation_file
 from .errors import IndexError_, LookalikeError
-from .library import (NothingToEvaluate, evaluation_protocol, file_sha256, is_unread, os_reason, scan_library,
-                      skip_record, summarize_skips)
+from .library import file_sha256, is_unread, os_reason, scan_library, skip_record, summarize_skips
 from .lock import locked_build
-from .manifest import Manifest
-from .paths import EVALUATION, MANIFEST
+from .manifest import Item, Manifest
+from .records import ChromaRecord, EmbedderRecord
+from .paths import MANIFEST
 from .reading import Job, Reads, read_and_embed, read_pixels
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _old_manifest(index_dir: Path) -> Manifest | None:
         return None
 
 
-def _reuse_rows(old_items: list[dict[str, str]] | None, new_items: list[dict[str, str]]) -> dict[int, int]:
+def _reuse_rows(old_items: list[Item] | None, new_items: list[Item]) -> dict[int, int]:
     """Map new row -> old row for images whose content is unchanged, matched by content hash (the
     same path first), so a renamed or moved file keeps its pixels and vectors: nothing re-embedded."""
     if not old_items:
@@ -69,15 +69,16 @@ def _reuse_rows(old_items: list[dict[str, str]] | None, new_items: list[dict[str
     return out
 
 
-def _scan(data_dir: Path, index_dir: Path, labels: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def _scan(data_dir: Path, index_dir: Path, labels: str) -> tuple[list[Item], list[dict[str, str]]]:
     """The library's rows ({path, label, sha256}) and what the scan skipped (see retrieval.library);
     a file that cannot be read for hashing is skipped too, not fatal."""
     library = scan_library(data_dir, exclude=[index_dir], labels=labels)
     log.info("%s", library.describe())
-    items, skipped = [], list(library.skipped)
+    items: list[Item] = []
+    skipped = list(library.skipped)
     for it in library.items:
         try:
-            items.append({"path": it.rel, "label": it.label, "sha256": file_sha256(it.path(data_dir))})
+            items.append(Item(path=it.rel, label=it.label, sha256=file_sha256(it.path(data_dir))))
         except FileNotFoundError:   # reported with the build's other skips (summarised)
             skipped.append(skip_record(it.rel, "disappeared during the build (deleted or moved)",
                                        "disappeared during the build"))
@@ -118,50 +119,80 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
     or "none" for a pixel-only index.
     """
     data_dir, index_dir = Path(data_dir), Path(index_dir)
+    size = _check_options(pixel_size, batch_size, rerank)
+    _prepare_folder(index_dir)
+    old = _old_manifest(index_dir)
+    items, scan_skipped = _scan(data_dir, index_dir, labels)
+    embedder = _load_embedder(model, old, precision) if (model or "auto").lower() not in NO_MODEL else None
+    rows = _build_rows(data_dir, index_dir, old, items, size, embedder, batch_size)
+    skipped = _all_skips(data_dir, index_dir, scan_skipped, rows, size)
+    token = secrets.token_hex(4)   # names the new arrays, so they never overwrite the live ones
+    manifest = Manifest(data_root=_relative_root(data_dir, index_dir), pixel_size=size,
+                        pixels_file=f"pixels-{size}.{token}.npy", items=rows.items, skipped=skipped)
+    summary: dict[str, Any] = {"images": len(rows.items), "pixel_size": size, "pixels_reused": rows.pixels_reused,
+                               "pixels_decoded": len(rows.reads.pixels), "skipped": skipped,
+                               "unread": sum(map(is_unread, skipped)), "embedded": len(rows.reads.vectors),
+                               "changed_during_build": [rows.items[i]["path"] for i in rows.changed]}
+    summary["rerank_skipped"] = _write_index(index_dir, manifest, rows, embedder, old, token=token, model=model,
+                                             batch_size=batch_size, chroma_url=chroma_url, rerank=rerank)
+    evaluation_file.remove(index_dir)   # it scored the old index; the new one's is written below (or later, on request)
+    _remove_stale(index_dir, manifest)
+    summary["manifest"] = str(index_dir / MANIFEST)
+    if evaluate:
+        _evaluate(index_dir, summary)
+    return summary
+
+
+def _check_options(pixel_size: int | None, batch_size: int, rerank: str) -> int:
+    """Refuse a bad setting before anything is read or written; returns the pixel size."""
     size = check_pixel_size(DEFAULT_PIXEL_SIZE if pixel_size is None else pixel_size)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LookalikeError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     from .rerank import MODES as RERANK_MODES
     if rerank not in RERANK_MODES:
-        raise LookalikeError(f"--rerank must be one of {', '.join(RERANK_MODES)}, got {rerank!r}")
+        raise LookalikeError(f"re-ranking mode must be one of {', '.join(RERANK_MODES)}, got {rerank!r}")
+    return size
+
+
+def _prepare_folder(index_dir: Path) -> None:
+    """Create the index folder, and refuse one the build cannot write to before any work is done."""
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IndexError_(f"cannot create the index folder {index_dir}: {exc.strerror or exc}") from None
     if not os.access(index_dir, os.W_OK):
         raise IndexError_(f"cannot write to the index folder {index_dir}; the existing index was left as it is")
-    old = _old_manifest(index_dir)
 
-    items, scan_skipped = _scan(data_dir, index_dir, labels)
-    embedder = _load_embedder(model, old, precision) if (model or "auto").lower() not in NO_MODEL else None
-    rows = _build_rows(data_dir, index_dir, old, items, size, embedder, batch_size)
+
+def _all_skips(data_dir: Path, index_dir: Path, scan_skipped: list[dict[str, str]], rows: _Rows,
+               size: int) -> list[dict[str, str]]:
+    """Every file the build skipped (the scan's and the reads'), logged in summary with the pixel
+    counts; refuses a library of which nothing could be read."""
     skipped = scan_skipped + rows.skipped
-    items = rows.items
     if skipped:
         log.warning("%s; the full list is under \"skipped\" in %s", summarize_skips(skipped), index_dir / MANIFEST)
-    if not items:
+    if not rows.items:
         raise IndexError_(f"none of the {len(rows.skipped)} images under {data_dir} could be read: "
                           f"{summarize_skips(skipped)}")
     log.info("pixels: %d images at %dx%d (%d reused, %d decoded, %d skipped)",
-             len(items), size, size, rows.pixels_reused, len(rows.reads.pixels), len(rows.skipped))
+             len(rows.items), size, size, rows.pixels_reused, len(rows.reads.pixels), len(rows.skipped))
+    return skipped
 
-    token = secrets.token_hex(4)
-    manifest = Manifest(data_root=_relative_root(data_dir, index_dir), pixel_size=size,
-                        pixels_file=f"pixels-{size}.{token}.npy", items=items, skipped=skipped)
-    summary: dict[str, Any] = {"images": len(items), "pixel_size": size, "pixels_reused": rows.pixels_reused,
-                               "pixels_decoded": len(rows.reads.pixels), "skipped": skipped,
-                               "unread": sum(map(is_unread, skipped)), "embedded": len(rows.reads.vectors),
-                               "changed_during_build": [items[i]["path"] for i in rows.changed]}
+
+def _write_index(index_dir: Path, manifest: Manifest, rows: _Rows, embedder, old: Manifest | None, *,
+                 token: str, model: str | None, batch_size: int, chroma_url: str | None,
+                 rerank: str) -> dict[str, str]:
+    """Save the new arrays, sync Chroma and the re-ranking, then seal and write the manifest, last.
+    Returns why sources went without re-ranking."""
     try:
         atomic.save_npy(index_dir / manifest.pixels_file, rows.pixels)
         if embedder is not None:
             manifest.embedder = _embedder_record(embedder, model, token, rows.reads, batch_size)
             assert rows.vectors is not None   # _build_rows makes vectors whenever there is an embedder
-            atomic.save_npy(index_dir / manifest.embedder["file"], rows.vectors)
+            atomic.save_npy(index_dir / manifest.embedder.file, rows.vectors)
             manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url, old)
         from .rerank import build_library_side   # DBA from the current library (retrieval.rerank)
         manifest.rerank = build_library_side(index_dir, manifest, token, chroma_url, rerank)
-        summary["rerank_skipped"] = manifest.rerank["skipped"]
         manifest.seal(index_dir)   # checksums of the rows and arrays, verified when the index is opened
         manifest.write(index_dir)
     except BaseException:
@@ -172,52 +203,32 @@ def build_index(data_dir: Path, index_dir: Path, *, pixel_size: int | None = Non
             for f in index_dir.glob(f"*.{token}.npy"):
                 f.unlink(missing_ok=True)
         raise
-    # The old evaluation describes the old index; a new one is written below (or, with
-    # evaluate=False, by `python -m retrieval evaluate --save`).
-    (index_dir / EVALUATION).unlink(missing_ok=True)
-    _remove_stale(index_dir, manifest)
-    summary["manifest"] = str(index_dir / MANIFEST)
-    if evaluate:
-        _evaluate(index_dir, summary)
-    return summary
+    return manifest.rerank.skipped
 
 
 def _evaluate(index_dir: Path, summary: dict[str, Any]) -> None:
-    """Evaluate where the library allows it, saying how in one info line; the build succeeds either
-    way. Test split: the test protocol (and k-fold). Labelled, but no test split or no readable
-    test image: k-fold only. Unlabelled (or k-fold impossible): skipped, with the reason."""
-    from .evaluate import KFOLD_MAX_IMAGES, evaluate_all, evaluate_kfold
+    """Score the new index where the library allows it (retrieval.evaluate.run decides how), saying
+    how in one info line; the build succeeds either way."""
+    from .evaluate import run
     from .search import LookalikeIndex
-    index = LookalikeIndex.open(index_dir)
-    protocol, why = evaluation_protocol(index.manifest.labels, index.rels, index.data_dir)
-    try:
-        if protocol is None:
-            raise NothingToEvaluate(why)
-        try:
-            if protocol == "kfold":
-                raise NothingToEvaluate(why)
-            report = evaluate_all(index)   # the test protocol, and k-fold under "kfold"
-        except NothingToEvaluate as exc:   # no test split, or none of its images readable
-            if len(index.rels) > KFOLD_MAX_IMAGES:
-                raise NothingToEvaluate(f"{exc}; k-fold is skipped above {KFOLD_MAX_IMAGES} images (run python -m "
-                                        "retrieval evaluate --protocol kfold --save)") from None
-            log.info("evaluation: %s", exc)
-            summary["evaluation_note"] = str(exc)
-            report = evaluate_kfold(index)
-    except NothingToEvaluate as exc:
-        log.info("evaluation skipped: %s", exc)
-        summary["evaluation_skipped"] = str(exc)
+    result = run(LookalikeIndex.open(index_dir))
+    if result.note:   # no test split, or none of its images readable: k-fold instead
+        log.info("evaluation: %s", result.note)
+        summary["evaluation_note"] = result.note
+    if result.report is None:
+        log.info("evaluation skipped: %s", result.skipped)
+        summary["evaluation_skipped"] = result.skipped
         return
-    atomic.write_json(index_dir / EVALUATION, report)
-    summary["evaluation"] = report
+    evaluation_file.write(index_dir, result.report)
+    summary["evaluation"] = result.report
 
 
 def _load_embedder(model: str | None, old: Manifest | None, precision: str):
     """The build's embedder, in the build's precision (see _set_build_precision)."""
     from .embedders import load_embedder
     embedder = load_embedder(None if model in (None, "auto") else model)
-    before = old.embedder if old and old.embedder and old.embedder["spec"] == embedder.spec else None
-    _set_build_precision(embedder, precision, before.get("precision", "fp32") if before else None)
+    before = old.embedder if old and old.embedder and old.embedder.spec == embedder.spec else None
+    _set_build_precision(embedder, precision, before.precision if before else None)
     return embedder
 
 
@@ -225,7 +236,7 @@ def _load_embedder(model: str | None, old: Manifest | None, precision: str):
 class _Rows:
     """The rows of the new index: items (hashes as read), pixels, vectors, and what was skipped."""
 
-    items: list[dict[str, str]]
+    items: list[Item]
     pixels: np.ndarray
     vectors: np.ndarray | None
     skipped: list[dict[str, str]]
@@ -234,7 +245,7 @@ class _Rows:
     changed: list[int]   # new rows whose file changed between the scan and its read
 
 
-def _build_rows(data_dir: Path, index_dir: Path, old: Manifest | None, items: list[dict[str, str]], size: int,
+def _build_rows(data_dir: Path, index_dir: Path, old: Manifest | None, items: list[Item], size: int,
                 embedder, batch_size: int) -> _Rows:
     """Reuse the old index's rows for unchanged files; read every other file once (retrieval.reading)
     for its hash, pixel row and vector. Rows are reused only from vectors of the same model *and*
@@ -246,8 +257,8 @@ def _build_rows(data_dir: Path, index_dir: Path, old: Manifest | None, items: li
     vector_reuse: dict[int, int] = {}
     if embedder is not None:
         built = old.embedder if old else None
-        if built and built["spec"] == embedder.spec and built.get("precision", "fp32") == embedder.precision:
-            old_vectors = _load_array(index_dir, built["file"], old)
+        if built and built.spec == embedder.spec and built.precision == embedder.precision:
+            old_vectors = _load_array(index_dir, built.file, old)
         vector_reuse = _reuse_rows(old_items if old_vectors is not None else None, items)
     jobs = [Job(i, data_dir / it["path"], it["path"], it["sha256"], i not in pixel_reuse,
                 embedder is not None and i not in vector_reuse) for i, it in enumerate(items)]
@@ -279,11 +290,11 @@ def _row(old: np.ndarray | None, row: int) -> np.ndarray:
     return old[row]
 
 
-def _embedder_record(embedder, model: str | None, token: str, reads: Reads, batch_size: int) -> dict[str, Any]:
+def _embedder_record(embedder, model: str | None, token: str, reads: Reads, batch_size: int) -> EmbedderRecord:
     """The manifest's embedder record (the caller saves the array it names)."""
-    return {"spec": embedder.spec, "source": getattr(embedder, "source", model) or embedder.spec,
-            "name": embedder.name, "dim": embedder.dim, "has_text": embedder.has_text,
-            "file": f"embeddings-{embedder.name}.{token}.npy", **_precision_record(embedder, reads, batch_size)}
+    return EmbedderRecord(spec=embedder.spec, source=getattr(embedder, "source", model) or embedder.spec,
+                          name=embedder.name, dim=embedder.dim, has_text=embedder.has_text,
+                          file=f"embeddings-{embedder.name}.{token}.npy", **_precision_record(embedder, reads, batch_size))
 
 
 def _set_build_precision(embedder, requested: str | None, previous: str | None) -> None:
@@ -316,7 +327,7 @@ def _precision_record(embedder, reads: Reads, batch_size: int) -> dict[str, Any]
 
 
 def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
-                 old: Manifest | None = None) -> dict[str, Any]:
+                 old: Manifest | None = None) -> ChromaRecord:
     """Make Chroma hold exactly the manifest's rows: upsert new/changed, delete removed. A row is
     changed when its content hash or its vector differs from what Chroma holds: a digest of each
     vector is kept with the row, so whatever changes the vectors (model, precision, preprocessing,
@@ -331,18 +342,17 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
     from .vectorstore import row_digest
     emb = manifest.embedder
     assert emb is not None, "only an index with embeddings has Chroma collections"
-    record = {"mode": "server", "url": chroma_url} if chroma_url else {"mode": "embedded", "path": "chroma"}
-    record["prefix"] = f"lookalike-{emb['name']}-{emb['dim']}"
-    store, held = _open_store(index_dir, chroma_url, record["prefix"], old)
-    vectors = np.load(index_dir / emb["file"], mmap_mode="r")
+    record = ChromaRecord.at(chroma_url, f"lookalike-{emb.name}-{emb.dim}")
+    store, held = _open_store(index_dir, chroma_url, record.prefix, old)
+    vectors = np.load(index_dir / emb.file, mmap_mode="r")
     digests = [row_digest(v) for v in vectors]   # what each row's vector is, for the next sync
     wanted = {it["path"]: i for i, it in enumerate(manifest.items)}
     stale = [i for i in held if i not in wanted]
     rows = [i for p, i in wanted.items() if held.get(p, {}).get("vector") != digests[i]
             or held.get(p, {}).get("sha256") != manifest.items[i]["sha256"]]
     if (stale or rows) and old is not None and old.chroma is not None \
-            and {k: v for k, v in old.chroma.items() if k not in ("syncing", "hnsw")} == record:
-        old.chroma = {**record, "syncing": True}
+            and old.chroma.same_place(record):
+        old.chroma = old.chroma.marked_syncing()
         old.write(index_dir)
     rewrite = bool(held) and len(rows) == len(wanted)
     if rewrite:   # every vector changed (another model or precision): a fresh graph, not one updated in place
@@ -352,11 +362,11 @@ def _sync_chroma(index_dir: Path, manifest: Manifest, chroma_url: str | None,
     if rows:
         store.upsert([manifest.items[i]["path"] for i in rows], np.asarray(vectors[rows]),
                      [{"label": manifest.items[i]["label"], "path": manifest.items[i]["path"],
-                       "sha256": manifest.items[i]["sha256"], "spec": emb["spec"],
+                       "sha256": manifest.items[i]["sha256"], "spec": emb.spec,
                        "vector": digests[i]} for i in rows])
     log.info("chroma: %d upserted, %d deleted%s, %s", len(rows), len(held) if rewrite else len(stale),
              " (rewritten: every vector changed)" if rewrite else "", store.count())
-    return {**record, "hnsw": _tune_hnsw(store, len(manifest.items))}
+    return replace(record, hnsw=_tune_hnsw(store, len(manifest.items)))
 
 
 
@@ -373,7 +383,7 @@ def _open_store(index_dir: Path, chroma_url: str | None, prefix: str, old: Manif
         if path is None:
             raise
         if old is not None and old.chroma is not None:
-            old.chroma = {**old.chroma, "syncing": True}
+            old.chroma = old.chroma.marked_syncing()
             old.write(index_dir)
         aside = path.with_name(f"chroma.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
         path.rename(aside)
@@ -396,8 +406,7 @@ def _tune_hnsw(store, n: int) -> dict[str, int]:
 
 def _remove_stale(index_dir: Path, manifest: Manifest) -> None:
     """Delete array files that the new manifest no longer names (after the manifest is written)."""
-    from .rerank import record_files
-    live = {manifest.pixels_file, (manifest.embedder or {}).get("file"), *record_files(manifest.rerank)}
+    live = set(manifest.files())
     for f in index_dir.glob("*.npy"):
         if f.name not in live:
             f.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import LibraryError, LookalikeError
+from .errors import LibraryError, LookalikeError, Remedy
 from .images import IMAGE_EXTENSIONS, is_image_name
 from .paths import DEFAULT_DATA
 
@@ -49,8 +49,9 @@ ACCEPTED_LAYOUTS = (
 
 
 class NothingToEvaluate(LookalikeError):
-    """The library has no usable queries (unlabelled, no test split, or no readable test image):
-    evaluation is skipped with this message, and the build or `evaluate` still exits 0."""
+    """The library has no usable queries (no readable test image, or fewer than 2 classes for
+    k-fold): raised by the protocols when called directly (evaluate_index, evaluate_kfold).
+    retrieval.evaluate.run, which the build and `evaluate` use, reports these cases instead."""
 
 
 @dataclass(frozen=True)
@@ -188,10 +189,10 @@ def _missing(root: Path, what: str) -> LibraryError:
     hint = ""
     try:
         if Path(root).resolve() == DEFAULT_DATA.resolve():
-            hint = f" To try Lookalike first, build the sample library with: python build_index.py sample --out {root}"
+            hint = " To try Lookalike first, build the sample library there."
     except OSError:
         pass
-    return LibraryError(f"{what}. {ACCEPTED_LAYOUTS}{hint}")
+    return LibraryError(f"{what}. {ACCEPTED_LAYOUTS}{hint}", remedy=Remedy.BUILD_SAMPLE if hint else None)
 
 
 def _excluded(paths: Iterable[Path | str | None]) -> set[str]:

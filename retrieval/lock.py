@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar, cast
 
-from .errors import IndexError_
+from .errors import IndexError_, Remedy
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def index_lock(index_dir: Path, wait_s: float = 0.0) -> Iterator[Path]:
                     waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
                     raise IndexLocked(
                         f"another build of this index is running ({_holder(path)}): it holds the lock "
-                        f"{path}{waited}. Wait for it to finish, or pass --lock-wait SECONDS to wait for it; "
-                        "the index was not touched") from None
+                        f"{path}{waited}. Wait for it to finish, or let this build wait for the lock; "
+                        "the index was not touched", remedy=Remedy.WAIT_FOR_BUILD) from None
                 if not told:
                     log.warning("waiting up to %g s for the build lock %s, held by %s", wait_s, path, _holder(path))
                     told = True

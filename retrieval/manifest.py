@@ -12,17 +12,18 @@ import re
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from . import atomic
-from .errors import IndexError_
+from .errors import IndexError_, Remedy
 from .paths import MANIFEST
+from .records import ChromaRecord, Damaged, EmbedderRecord, RerankRecord
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # no separators, not hidden, not '..'
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-REBUILD = "rebuild the index (python build_index.py index)"
+REBUILD = "rebuild the index"
 FORMAT = 1
 PACKAGES = ("numpy", "pillow", "torch", "open_clip_torch", "timm", "chromadb", "gradio")
 
@@ -36,7 +37,15 @@ def array_checksum(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def items_checksum(items: list[dict[str, str]]) -> str:
+class Item(TypedDict):
+    """One indexed image, in row order."""
+
+    path: str      # relative to the library root, forward slashes
+    label: str     # its class ("" in an unlabelled library)
+    sha256: str    # of the file's bytes
+
+
+def items_checksum(items: list[Item]) -> str:
     """sha256 of the rows (path, label, content hash) in order: a relabelled or reordered manifest
     no longer matches the arrays it names, and is refused."""
     rows = [[it.get("path"), it.get("label"), it.get("sha256")] for it in items]
@@ -60,50 +69,62 @@ class Manifest:
     data_root: str                      # relative to the index folder when possible
     pixel_size: int
     pixels_file: str
-    items: list[dict[str, str]]         # {"path": rel, "label": cls, "sha256": hex}, row order
+    items: list[Item]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    # spec, source, name, dim, has_text, file; precision (fp32/bf16/fp16), precision_choice, and for
-    # bf16 precision_check (the build's comparison with fp32, see retrieval.embedders.precision)
-    embedder: dict[str, Any] | None = None
-    chroma: dict[str, Any] | None = None     # mode, path or url, prefix; hnsw (max_neighbors, ef_construction, ef_search)
-    rerank: dict[str, Any] | None = None     # per source: k, alpha, metric, sqrt, flip, dba_file (retrieval.rerank)
+    embedder: EmbedderRecord | None = None
+    chroma: ChromaRecord | None = None
+    rerank: RerankRecord | None = None
     versions: dict[str, str] = field(default_factory=package_versions)
     format: int = FORMAT
     checksums: dict[str, str] = field(default_factory=dict)   # "items" and each array file -> sha256
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        for key in ("embedder", "chroma", "rerank"):
+            record = out[key]
+            out[key] = None if record is None else record.to_json()
+        return out
 
     @classmethod
     def read(cls, index_dir: Path) -> "Manifest":
         path = Path(index_dir) / MANIFEST
         if not path.is_file():
-            raise IndexError_(
-                f"no index at {index_dir} (missing {MANIFEST}). Build one with: "
-                f"python build_index.py index --data data --index {index_dir}"
-            )
+            raise IndexError_(f"no index at {index_dir} (missing {MANIFEST}); build one", remedy=Remedy.BUILD_INDEX)
         try:
             raw = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"{path} is unreadable ({exc}); rebuild the index") from None
+            raise IndexError_(f"{path} is unreadable ({exc}); rebuild the index", remedy=Remedy.REBUILD_INDEX) from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-            raise IndexError_(f"{path} has format {found}, this Lookalike reads {FORMAT}; rebuild the index")
+            raise IndexError_(f"{path} has format {found}, this Lookalike reads {FORMAT}; rebuild the index",
+                              remedy=Remedy.REBUILD_INDEX)
         known = set(cls.__dataclass_fields__)
+        fields_ = {k: v for k, v in raw.items() if k in known}
         try:
-            manifest = cls(**{k: v for k, v in raw.items() if k in known})
+            for key, record in (("embedder", EmbedderRecord), ("chroma", ChromaRecord), ("rerank", RerankRecord)):
+                if fields_.get(key) is not None:
+                    fields_[key] = record.from_json(fields_[key])
+        except Damaged as exc:
+            raise IndexError_(f"{path} is damaged: {exc}; {REBUILD}", remedy=Remedy.REBUILD_INDEX) from None
+        try:
+            manifest = cls(**fields_)
         except TypeError as exc:   # a required field is missing
-            raise IndexError_(f"{path} is incomplete ({exc}); rebuild the index") from None
+            raise IndexError_(f"{path} is incomplete ({exc}); rebuild the index", remedy=Remedy.REBUILD_INDEX) from None
         if not isinstance(manifest.items, list) or not isinstance(manifest.pixels_file, str):
-            raise IndexError_(f"{path} is malformed (items or pixels_file); rebuild the index")
-        manifest._check_names(path)
-        manifest._check_fields(path)
+            raise IndexError_(f"{path} is malformed (items or pixels_file); rebuild the index",
+                              remedy=Remedy.REBUILD_INDEX)
+        manifest.validate(path)
         return manifest
+
+    def validate(self, path: Path) -> None:
+        """Refuse a manifest whose names lead outside its folders or whose fields are damaged."""
+        self._check_names(path)
+        self._check_fields(path)
 
     def _check_fields(self, path: Path) -> None:
         """Types and values a damaged or hand-edited manifest gets wrong, each with its own message."""
         def bad(what: str) -> IndexError_:
-            return IndexError_(f"{path} is damaged: {what}; {REBUILD}")
+            return IndexError_(f"{path} is damaged: {what}; {REBUILD}", remedy=Remedy.REBUILD_INDEX)
         if type(self.pixel_size) is not int or not 1 <= self.pixel_size <= 4096:
             raise bad(f"pixel_size is {self.pixel_size!r}, not a whole number of pixels")
         for i, item in enumerate(self.items):
@@ -112,15 +133,6 @@ class Manifest:
                     raise bad(f"image {i} ({item.get('path')!r}) has no {key}")
             if not _SHA256.match(item["sha256"]):
                 raise bad(f"image {i} ({item['path']!r}) has sha256 {item['sha256'][:80]!r}, not 64 hex digits")
-        emb = self.embedder
-        if emb is not None:
-            if not isinstance(emb, dict) or not all(isinstance(emb.get(k), str) for k in ("spec", "name", "file")):
-                raise bad("the embedder record lacks spec, name or file")
-            if type(emb.get("dim")) is not int or emb["dim"] < 1:
-                raise bad(f"the embedder's dim is {emb.get('dim')!r}, not a whole number")
-            emb.setdefault("source", emb["spec"])
-        if self.chroma is not None and (not isinstance(self.chroma, dict) or not isinstance(self.chroma.get("prefix"), str)):
-            raise bad("the chroma record lacks its collection prefix")
         if not isinstance(self.checksums, dict):
             raise bad("checksums is not an object")
         want = self.checksums.get("items")
@@ -132,20 +144,18 @@ class Manifest:
         """Refuse names that would lead outside the index or library folder. An index can come from
         a Hub dataset repo, so its manifest is input like any other: the files it names are opened
         (and Chroma's folder created) inside the index folder only, and its images inside the library."""
-        files = [self.pixels_file, (self.embedder or {}).get("file", "x"), (self.chroma or {}).get("path") or "x"]
-        if self.rerank is not None:   # the DBA files of retrieval.rerank
-            sources = self.rerank.get("sources") if isinstance(self.rerank, dict) else None
-            files += [src.get("dba_file") if isinstance(src, dict) else None for src in (sources or {}).values()] \
-                if isinstance(sources, dict) else [None]
+        files: list[Any] = [self.pixels_file, *self.files()[1:]]
+        if self.chroma is not None and self.chroma.path is not None:
+            files.append(self.chroma.path)
         for name in files:
             if not isinstance(name, str) or not _PLAIN_NAME.match(name):
                 raise IndexError_(f"{path} names the index file {name!r}, which is not a plain file name "
-                                  "inside the index folder; refusing it. Rebuild the index")
+                                  "inside the index folder; refusing it. Rebuild the index", remedy=Remedy.REBUILD_INDEX)
         for item in self.items:
             rel = item.get("path") if isinstance(item, dict) else None
             if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
                 raise IndexError_(f"{path} lists the image {rel!r}, which is not a path inside the library; "
-                                  "refusing it. Rebuild the index")
+                                  "refusing it. Rebuild the index", remedy=Remedy.REBUILD_INDEX)
 
     def check_array(self, path: Path, arr: np.ndarray) -> None:
         """Refuse an array that does not fit this manifest: rank, row count, width, dtype,
@@ -153,7 +163,8 @@ class Manifest:
         if path.name == self.pixels_file:
             self._check(path, arr, "pixel", self.pixel_size * self.pixel_size * 3, ("uint8",), "pixel_size")
         else:
-            self._check(path, arr, "embedding", (self.embedder or {}).get("dim"), ("float32", "float16"), "dim")
+            self._check(path, arr, "embedding", self.embedder.dim if self.embedder else None, ("float32", "float16"),
+                        "dim")
 
     def check_dba(self, path: Path, arr: np.ndarray, width: int) -> None:
         """The same checks for a re-ranking (DBA) array of `width` values per row (retrieval.rerank)."""
@@ -162,7 +173,7 @@ class Manifest:
     def _check(self, path: Path, arr: np.ndarray, kind: str, width: int | None, dtypes: tuple[str, ...],
                width_from: str) -> None:
         def bad(what: str) -> IndexError_:
-            return IndexError_(f"the {kind} array {path.name} is damaged: {what}; {REBUILD}")
+            return IndexError_(f"the {kind} array {path.name} is damaged: {what}; {REBUILD}", remedy=Remedy.REBUILD_INDEX)
         if arr.ndim != 2:
             raise bad(f"it has {arr.ndim} dimensions {tuple(arr.shape)}, not 2 (rows x values)")
         if arr.shape[0] != len(self.items):
@@ -181,10 +192,13 @@ class Manifest:
     def seal(self, index_dir: Path) -> None:
         """Record the checksums of the rows and of each array file this manifest names (at build
         time, just before the manifest is written), for check_array and read to verify on open."""
-        from .rerank import record_files
-        files = [self.pixels_file] + ([self.embedder["file"]] if self.embedder else []) + record_files(self.rerank)
         self.checksums = {"items": items_checksum(self.items),
-                          **{f: array_checksum(np.load(Path(index_dir) / f, mmap_mode="r")) for f in files}}
+                          **{f: array_checksum(np.load(Path(index_dir) / f, mmap_mode="r")) for f in self.files()}}
+
+    def files(self) -> list[str]:
+        """Every array file this manifest names: the pixels, the embeddings, the DBA rows."""
+        return ([self.pixels_file] + ([self.embedder.file] if self.embedder else [])
+                + (self.rerank.files() if self.rerank else []))
 
     def write(self, index_dir: Path) -> None:
         atomic.write_json(Path(index_dir) / MANIFEST, self.to_json())

@@ -9,7 +9,7 @@ The same code ranks pixel vectors (uint8) and embeddings (float32):
 
 Per-row sums and sums of squares are computed once when a matrix is prepared, so L2, cosine and
 correlation cost one matrix product per query batch, and L1 one streamed pass. Pixels stay exact
-without float64 copies of the library (see README.md, "Benchmarks" for the measurements):
+without float64 copies of the library (docs/benchmarks.md has the measurements):
 
 * uint8 dot products run in float32 BLAS on the query split into 4-bit halves (q = 16 hi + lo) and
   on column blocks of EXACT_BLOCK: every partial sum is an integer below 2**24, so float32 holds it

@@ -29,7 +29,9 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None, *, quiet_level:
     try:
         return int(args.func(args) or 0)
     except LookalikeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from .cli import remedy_hint   # the remedy as this command line's flags
+        hint = remedy_hint(exc, args)
+        print(f"error: {exc}" + (f" (to fix: {hint})" if hint else ""), file=sys.stderr)   # one line
         return USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

@@ -1,41 +1,39 @@
-"""Opening a built index and answering queries: pixel metrics, exact embedding metrics, HNSW, text.
+"""Opening a built index and answering queries: by image, by text, and composed.
 
-Method names:
-  pixel-{l1,l2,cosine,corr}          exact, over the resized pixels
-  <emb>-{l1,l2,cosine,corr}          exact, over the stored embeddings (<emb> is "clip" or "effnet")
-  <emb>-hnsw-{l2,cosine}             approximate, through Chroma's HNSW index
-  <src>-cosine+{qe,dba,dba+qe}       re-ranked (retrieval.rerank): alpha-query expansion and/or
-                                     database-side augmentation, exact; <emb>-hnsw-cosine+dba+qe via Chroma
-Nothing is rescanned or re-embedded per query: the library side is loaded once, here.
+`LookalikeIndex` opens an index once (its arrays checked against the manifest), offers the methods
+of retrieval.methods that the index supports, and hands each ranking to the ranker of its back-end
+(retrieval.ranking: exact, Chroma HNSW, re-ranked). Nothing is rescanned or re-embedded per query:
+the library side is loaded once, here; the model and Chroma load on first use, or through `prepare`.
 """
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from PIL import Image
 
-from .errors import IndexError_, LookalikeError, ModelError
+from .errors import IndexError_, LookalikeError, ModelError, Remedy
 from .images import QUERY_SIDE, ImageSource, load_image, resize_pixels
 from .manifest import Manifest
-from .metrics import METRICS, L1Pruner, PreparedMatrix, get_metric, top_k_rows
+from .methods import PIXEL, Method, default_for, offered
+from .metrics import L1Pruner, PreparedMatrix
+from .ranking import ExactRanker, HnswRanker, Lazy, Ranked, Ranker, open_chroma
+from .records import RerankRecord
+from .rerank import Reranker, Settings
 
 if TYPE_CHECKING:   # loading them imports torch or chromadb: only when first used
+    from .compose import Term
     from .embedders import Embedder
-    from .rerank import Reranker
     from .vectorstore import VectorStore
-
-log = logging.getLogger(__name__)
 
 MAX_K = 100
 MAX_TEXT_CHARS = 300
-HNSW_SPACES = ("l2", "cosine")
 
 
 @dataclass(frozen=True)
@@ -45,26 +43,6 @@ class Hit:
     rel: str
     label: str
     score: float
-
-
-@dataclass(frozen=True)
-class Method:
-    """A parsed method name: which vectors, which metric, exact or HNSW."""
-
-    name: str
-    source: str      # "pixel" or the embedder name
-    metric: str
-    hnsw: bool
-    dba: bool = False    # re-ranked: library vectors with database-side augmentation
-    qe: bool = False     # re-ranked: alpha-query expansion
-
-    @property
-    def higher_is_better(self) -> bool:
-        return METRICS[self.metric].higher_is_better
-
-    @property
-    def reranked(self) -> bool:
-        return self.dba or self.qe
 
 
 def check_k(k: int) -> int:
@@ -102,17 +80,19 @@ class LookalikeIndex:
             self._rows_by_sha.setdefault(it["sha256"], []).append(i)
         self.pixels = PreparedMatrix(self._array(manifest.pixels_file))
         emb = manifest.embedder
-        self.embeddings = PreparedMatrix(self._array(emb["file"])) if emb else None
-        self._embedder: Embedder | None = None
-        self._store: VectorStore | None = None
-        self._reranker: Reranker | None = None
-        # The model and the Chroma store load lazily, on first use; concurrent first queries from
-        # any front end (the app's worker threads, a script's thread pool) must load them once.
+        self.embeddings = PreparedMatrix(self._array(emb.file)) if emb else None
+        # The model, Chroma and the pruner load lazily, once: concurrent first queries from any
+        # front end (the app's worker threads, a script's thread pool) wait for one load.
         self._load_lock = threading.RLock()
-        self._warm: threading.Thread | None = None   # warm_up()'s background loader
-        self._l1_pruner: L1Pruner | None = None
-        self._warm_times: dict[str, float] = {}       # started / ready (perf_counter), seconds
-        self._warm_error: str | None = None
+        self._embedder: Embedder | None = None
+        self._warmed = False   # the embedder's first-call setup ran (prepare)
+        size = manifest.pixel_size
+        self._pruner = Lazy(lambda: L1Pruner(self.pixels, size), self._load_lock) if L1Pruner.wanted(size) else None
+        self._store: Lazy[VectorStore] = Lazy(self._open_store, self._load_lock)
+        self._exact = {src: ExactRanker(self.matrix(src), self._pruner if src == PIXEL else None)
+                       for src in self.sources()}
+        self._hnsw = HnswRanker(self._store, self._row_by_rel)
+        self.reranker = self._reranker()
 
     def holds(self, rel: str) -> bool:
         """True when `rel` (a path relative to the library root, with forward slashes) is one of
@@ -128,12 +108,11 @@ class LookalikeIndex:
         `precision` is the query model's (see retrieval.embedders.precision.query_precision)."""
         index_dir = Path(index_dir)
         manifest = Manifest.read(index_dir)
-        if pixel_size is not None and pixel_size != manifest.pixel_size:
-            raise IndexError_(
-                f"the index at {index_dir} was built at {manifest.pixel_size}x{manifest.pixel_size} pixels, "
-                f"not {pixel_size}x{pixel_size}; rebuild it with "
-                f"python build_index.py index --index {index_dir} --pixel-size {pixel_size}"
-            )
+        built = manifest.pixel_size
+        if pixel_size is not None and pixel_size != built:
+            raise IndexError_(f"the index at {index_dir} was built at {built}x{built} pixels, not "
+                              f"{pixel_size}x{pixel_size}; rebuild it at {pixel_size}x{pixel_size} pixels, "
+                              f"or query it at {built}x{built}", remedy=Remedy.MATCH_PIXEL_SIZE)
         index = cls(index_dir, manifest, data_dir, chroma_url, precision)
         if model is not None:
             index.use_model(model)
@@ -144,27 +123,48 @@ class LookalikeIndex:
         try:
             arr = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"the index file {path} is missing or unreadable ({exc}); rebuild the index") from None
+            raise IndexError_(f"the index file {path} is missing or unreadable ({exc}); rebuild the index",
+                              remedy=Remedy.REBUILD_INDEX) from None
         arr = np.asarray(arr)
         self.manifest.check_array(path, arr)   # shape, dtype, finiteness, build-time checksum
         return arr
+
+    def matrix(self, source: str) -> PreparedMatrix:
+        """The library's vectors of a source (one of `sources()`): the pixels or the embeddings."""
+        matrix = self.pixels if source == PIXEL else self.embeddings
+        if matrix is None or source not in self.sources():
+            raise LookalikeError(f"this index has no {source} vectors; it holds {', '.join(self.sources())}")
+        return matrix
+
+    def _reranker(self) -> Reranker:
+        """The re-ranked methods' ranker over this index's vectors (it loads their sides lazily)."""
+        record = self.manifest.rerank or RerankRecord()
+        plain = {source: self.matrix(source).data for source in self.sources()}
+        chroma, prefix = self.manifest.chroma, record.chroma_prefix
+
+        def dba_store() -> VectorStore:
+            return open_chroma(self.index_dir, chroma, self._chroma_url, len(self.rels), prefix)
+
+        return Reranker(record, plain, pixel_size=self.manifest.pixel_size, index_dir=self.index_dir,
+                        check_dba=self.manifest.check_dba, dba_store=dba_store if chroma and prefix else None,
+                        row_of=self._row_by_rel)
 
     def use_model(self, spec: str) -> None:
         """Load the embedder named by `spec` and check that it is the one the index was built with."""
         built = self.manifest.embedder
         if not built:
-            raise IndexError_(f"the index at {self.index_dir} has no embeddings (pixel-only); "
-                              f"rebuild it with --model {spec}")
+            raise IndexError_(f"the index at {self.index_dir} has no embeddings (pixel-only); rebuild it with a "
+                              "model", remedy=Remedy.BUILD_WITH_MODEL)
         from .embedders import load_embedder
         from .embedders.precision import query_precision
-        embedder = load_embedder(spec, precision=query_precision(self.precision, built.get("precision")))
+        embedder = load_embedder(spec, precision=query_precision(self.precision, built.precision))
         embedder.release_other_precisions()
-        if embedder.spec != built["spec"]:
-            raise IndexError_(
-                f"the index at {self.index_dir} was built with model {built['spec']}, "
-                f"not {embedder.spec}; query it with that model or rebuild with --model {spec}"
-            )
-        self._embedder = embedder
+        if embedder.spec != built.spec:
+            raise IndexError_(f"the index at {self.index_dir} was built with model {built.spec}, not "
+                              f"{embedder.spec}; query it with that model, or rebuild it with this one",
+                              remedy=Remedy.MATCH_MODEL)
+        with self._load_lock:
+            self._embedder, self._warmed = embedder, False
 
     @property
     def embedder(self) -> Embedder:
@@ -173,247 +173,130 @@ class LookalikeIndex:
             with self._load_lock:
                 if self._embedder is None:
                     if not self.manifest.embedder:
-                        raise IndexError_("this index has no embeddings; rebuild it with --model")
-                    self.use_model(self.manifest.embedder["source"])
+                        raise IndexError_("this index has no embeddings; rebuild it with a model",
+                                          remedy=Remedy.BUILD_WITH_MODEL)
+                    self.use_model(self.manifest.embedder.source)
         assert self._embedder is not None   # use_model set it or raised
         return self._embedder
 
     @property
     def store(self) -> VectorStore:
         """The Chroma store, opened on first HNSW query and checked against the manifest."""
-        if self._store is None:
-            with self._load_lock:
-                if self._store is None:
-                    self._store = self._open_store()
-        return self._store
+        return self._store.get()
+
+    def _open_store(self) -> VectorStore:
+        return open_chroma(self.index_dir, self.manifest.chroma, self._chroma_url, len(self.rels))
+
+    @property
+    def l1_pruner(self) -> L1Pruner | None:
+        """pixel-l1's lower-bound pruning at large pixel sizes (None below PRUNE_MIN_SIDE)."""
+        return self._pruner.get() if self._pruner is not None else None
 
     def loaded(self) -> set[str]:
         """What is in memory already: "model" and/or "store"."""
-        return {name for name, obj in (("model", self._embedder), ("store", self._store)) if obj is not None}
+        return {name for name, on in (("model", self._embedder is not None), ("store", self._store.loaded)) if on}
 
-    def prepare(self, method: str) -> tuple[set[str], float]:
-        """Load what `method` needs (the model; Chroma for HNSW) before timing a query.
+    def prepare(self, method: str | Method) -> tuple[set[str], float]:
+        """Load everything a first query of `method` would: the model and its one-time first-call
+        setup, Chroma, the re-ranking side and its DBA collections, pixel-l1's pooled copies.
 
-        Returns (what this call loaded, seconds it took), so front ends report loading apart from
-        the query itself. Pixel methods need nothing and return at once."""
+        Returns (what this call loaded of "model" / "store", seconds it took), so front ends report
+        loading apart from the query itself. Cheap once loaded: front ends call it before every query."""
         m = self.parse_method(method)
-        if m.source == "pixel" and not m.reranked:
-            return set(), 0.0
         before = self.loaded()
         t0 = time.perf_counter()
-        # Reading a lazy property loads it.
-        if m.source != "pixel":
-            _ = self.embedder
-        if m.hnsw and not m.reranked:
-            _ = self.store
-        if m.reranked:   # the library side of re-ranking (and its Chroma collections), once
-            self.reranker.side(m.source)
-            if m.hnsw:
-                _ = self.reranker.store
+        if not m.pixel:
+            self._warm_model()
+        self._ranker(m).prepare(m)
         return self.loaded() - before, time.perf_counter() - t0
 
-    # -- warming up (the app) ---------------------------------------------------------------
-    def warm_methods(self) -> list[str]:
-        """What a front end warms: the default deep method, and an HNSW one when Chroma is there."""
-        emb = self.manifest.embedder
-        if not emb:
-            return []
-        return [f"{emb['name']}-cosine"] + ([f"{emb['name']}-hnsw-cosine"] if self.manifest.chroma else [])
-
-    def warm_up(self, methods: Sequence[str] | None = None) -> threading.Thread | None:
-        """Start loading what `methods` need (default: warm_methods()) in a background thread and
-        return at once; `loading`, `ready` and `wait_ready` tell the state. Pixel search never
-        waits for it. A failed load is logged and kept in `warm_error`; the next query that needs
-        the model then tries again and reports the error itself."""
-        methods = list(self.warm_methods() if methods is None else methods)
-        if self._warm is not None or not (methods or L1Pruner.wanted(self.manifest.pixel_size)):
-            return self._warm
-        self._warm_times = {"started": time.perf_counter()}
-
-        def load() -> None:
-            try:
-                if self.l1_pruner is not None:   # the pooled copies for pixel-l1 (well under a second)
-                    self.l1_pruner.pooled()
-                for m in methods:
-                    self.prepare(m)
-                if self._embedder is not None:
-                    self._embedder.warm()         # first-call setup, outside any user's query
-            except Exception as exc:   # reported to the UI and the log; never kills the app
-                self._warm_error = f"{type(exc).__name__}: {exc}"
-                log.warning("warming up failed (the first deep query will retry): %s", exc)
-            finally:
-                self._warm_times["seconds"] = time.perf_counter() - self._warm_times["started"]
-
-        self._warm = threading.Thread(target=load, name="lookalike-warm-up", daemon=True)
-        self._warm.start()
-        return self._warm
-
-    @property
-    def loading(self) -> bool:
-        """True while warm_up()'s thread is still loading."""
-        return self._warm is not None and self._warm.is_alive()
-
-    @property
-    def ready(self) -> bool:
-        """Deep queries will not wait for a load: warm-up finished (or never started)."""
-        return not self.loading
-
-    def loading_seconds(self) -> float | None:
-        """Seconds the warm-up has run so far (while loading) or took (when done); None: not started."""
-        if "seconds" in self._warm_times:
-            return self._warm_times["seconds"]
-        return time.perf_counter() - self._warm_times["started"] if self._warm_times else None
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait up to `timeout` s for the warm-up; True when it is done."""
-        if self._warm is not None:
-            self._warm.join(timeout)
-        return self.ready
-
-    def _open_store(self) -> VectorStore:
-        from .vectorstore import VectorStore
-        rec = self.manifest.chroma
-        if not rec:
-            raise IndexError_("this index has no Chroma collections; rebuild it with --model")
-        if rec.get("syncing"):
-            raise IndexError_(f"a build of {self.index_dir} stopped while it was updating the Chroma collections, "
-                              "so they may not match this index; rerun build_index.py index to repair them "
-                              "(the exact methods are unaffected)")
-        url = self._chroma_url or rec.get("url")
-        store = VectorStore.open(path=None if url else self.index_dir / rec["path"], url=url,
-                                 prefix=rec["prefix"])
-        counts = store.count()
-        if any(c != len(self.rels) for c in counts.values()):
-            raise IndexError_(f"Chroma holds {counts} vectors but the manifest lists {len(self.rels)} "
-                              "images (an interrupted build?); rerun build_index.py index to repair it")
-        return store
+    def _warm_model(self) -> None:
+        """Load the model and run its first-call setup (one call on a test card), once per index."""
+        embedder = self.embedder
+        if not self._warmed:
+            with self._load_lock:
+                if not self._warmed:
+                    embedder.warm()
+                    self._warmed = True
 
     # -- methods ---------------------------------------------------------------------------
     @property
-    def methods(self) -> list[str]:
-        names = [f"pixel-{m}" for m in METRICS]
-        if self.manifest.embedder:
-            e = self.manifest.embedder["name"]
-            names += [f"{e}-{m}" for m in METRICS]
-            if self.manifest.chroma:
-                names += [f"{e}-hnsw-{s}" for s in HNSW_SPACES]
-        return names + self._reranked_methods()
+    def offered(self) -> list[Method]:
+        """Every method this index offers, in the canonical order (retrieval.methods.offered)."""
+        m = self.manifest
+        rerank = m.rerank
+        return offered(m.embedder.name if m.embedder else None, hnsw=m.chroma is not None,
+                       reranked=rerank.metrics() if rerank else {},
+                       hnsw_reranked=bool(rerank and rerank.chroma_prefix))
 
-    # -- re-ranked methods (retrieval.rerank) --------------------------------------------------
     @property
-    def reranker(self) -> Reranker:
-        """The re-ranked methods' state (library sides, DBA collections), created on first use."""
-        if self._reranker is None:
-            with self._load_lock:
-                if self._reranker is None:
-                    from .rerank import Reranker
-                    self._reranker = Reranker(self)
-        return self._reranker
+    def methods(self) -> list[str]:
+        """The names of the methods this index offers (what users type and pick)."""
+        return [str(m) for m in self.offered]
 
-    def _reranked_methods(self) -> list[str]:
-        from .rerank import method_names
-        rerank = self.manifest.rerank or {}
-        record = rerank.get("sources") or {}
-        names = []
-        for source in self.sources():
-            if source in record:
-                names += method_names(source, record[source].get("metric", "cosine"))
-        emb = self.manifest.embedder
-        if emb and emb["name"] in record and self.manifest.chroma and rerank.get("chroma_prefix"):
-            names += method_names(emb["name"], record[emb["name"]].get("metric", "cosine"), hnsw=True)
-        return names
+    @property
+    def default_method(self) -> Method:
+        """The deep default (the embeddings' cosine), or pixel L1 for a pixel-only index."""
+        return default_for(self.manifest.embedder.name if self.manifest.embedder else None)
+
+    @property
+    def best_method(self) -> Method:
+        """The offered method with the best measured mAP in the index's evaluation.json, else the default."""
+        from .evaluation_file import best_method
+        return best_method(self.index_dir, self.offered) or self.default_method
 
     def sources(self) -> list[str]:
         """The vector sources: "pixel", and the embedder's name when the index has embeddings."""
-        return ["pixel"] + ([self.manifest.embedder["name"]] if self.manifest.embedder else [])
+        return [PIXEL] + ([self.manifest.embedder.name] if self.manifest.embedder else [])
 
-    def rerank_settings(self, source: str):
+    def rerank_settings(self, source: str) -> Settings:
         """k, alpha and the space of a source's re-ranked methods, as recorded in the manifest."""
         return self.reranker.settings(source)
 
     @property
     def has_text(self) -> bool:
-        return bool(self.manifest.embedder and self.manifest.embedder.get("has_text"))
+        return bool(self.manifest.embedder and self.manifest.embedder.has_text)
 
-    def parse_method(self, name: str) -> Method:
-        if name not in self.methods:
-            raise LookalikeError(f"unknown method {name!r} for this index; choose one of {', '.join(self.methods)}")
-        from .rerank import split_name
-        base, dba, qe = split_name(name)
-        source, _, rest = base.partition("-")
-        hnsw = rest.startswith("hnsw-")
-        metric = rest[5:] if hnsw else rest
-        get_metric(metric)
-        return Method(name, source, metric, hnsw, dba, qe)
+    def parse_method(self, name: str | Method) -> Method:
+        """The method `name` stands for, when this index offers it (else a message listing those it does)."""
+        method = name if isinstance(name, Method) else None
+        if method is None and isinstance(name, str) and name in self.methods:
+            method = Method.parse(name)
+        if method is None or method not in self.offered:
+            raise LookalikeError(f"unknown method {str(name)!r} for this index; choose one of {', '.join(self.methods)}")
+        return method
 
-    # -- queries ---------------------------------------------------------------------------
-    def query_vectors(self, images: Sequence[Any], source: str) -> np.ndarray:
+    # -- ranking ---------------------------------------------------------------------------
+    def _ranker(self, method: Method) -> Ranker:
+        if method.reranked:
+            return self.reranker
+        return self._hnsw if method.hnsw else self._exact[method.source]
+
+    def query_vectors(self, images: Sequence[Image.Image], source: str) -> np.ndarray:
         """Turn decoded query images into the vectors a method compares: pixels or embeddings."""
-        if source == "pixel":
+        if source == PIXEL:
             size = self.manifest.pixel_size
             return np.stack([resize_pixels(im, size).reshape(-1) for im in images])
         return self.embedder.encode_images(list(images))
 
     def rank(self, vectors: np.ndarray, method: Method, k: int,
-             exclude: Sequence[set[int]] | None = None) -> list[list[tuple[int, float]]]:
+             exclude: Sequence[set[int]] | None = None) -> Ranked:
         """Top-k (row, score) per query vector; `exclude` holds rows to leave out per query."""
         exclude = exclude or [set() for _ in range(len(vectors))]
-        if method.reranked:
-            return self.reranker.rank(vectors, method, k, exclude)
-        if method.hnsw:
-            return self._rank_hnsw(vectors, method, k, exclude)
-        if method.source == "pixel" and method.metric == "l1" and self.l1_pruner is not None \
-                and np.asarray(vectors).dtype == np.uint8:   # exact, reads few full rows (metrics.L1Pruner)
-            return [self._rank_pruned(v, k, skip) for v, skip in zip(vectors, exclude)]
-        matrix = self.pixels if method.source == "pixel" else self.embeddings
-        assert matrix is not None, "parse_method offers embedding methods only when the index has embeddings"
-        scores = matrix.scores(vectors, method.metric).reshape(len(vectors), -1)
-        return top_k_rows(scores, k, method.higher_is_better, exclude)
-
-    @property
-    def l1_pruner(self) -> L1Pruner | None:
-        """pixel-l1's lower-bound pruning at large pixel sizes (None below PRUNE_MIN_SIDE)."""
-        if self._l1_pruner is None and L1Pruner.wanted(self.manifest.pixel_size):
-            with self._load_lock:
-                if self._l1_pruner is None:
-                    self._l1_pruner = L1Pruner(self.pixels, self.manifest.pixel_size)
-        return self._l1_pruner
-
-    def _rank_pruned(self, vector: np.ndarray, k: int, skip: set[int]) -> list[tuple[int, float]]:
-        mask = None
-        if skip:
-            mask = np.zeros(len(self.rels), dtype=bool)
-            mask[list(skip)] = True
-        pruner = self.l1_pruner
-        assert pruner is not None, "rank() prunes only when the pruner exists"
-        rows, scores = pruner.top_k(vector, k, mask)
-        return [(int(i), float(s)) for i, s in zip(rows, scores)]
-
-    def _rank_hnsw(self, vectors: np.ndarray, method: Method, k: int,
-                   exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
-        extra = max((len(s) for s in exclude), default=0)
-        n = min(len(self.rels), k + extra)
-        ids, dists = self.store.query(np.asarray(vectors, dtype=np.float32), n, method.metric)
-        out = []
-        for q_ids, q_d, skip in zip(ids, dists, exclude):
-            hits = []
-            for rid, d in zip(q_ids, q_d):
-                row = self._row_by_rel.get(rid)
-                if row is None or row in skip:
-                    continue
-                hits.append((row, 1.0 - float(d) if method.metric == "cosine" else float(d)))
-            out.append(hits[:k])
-        return out
+        return self._ranker(method).rank(vectors, method, k, exclude)
 
     def self_rows(self, source: ImageSource) -> set[int]:
+        """The library rows holding the same bytes as `source` (empty when it is not in the library)."""
         sha = content_sha256(source)
         return set(self._rows_by_sha.get(sha, [])) if sha else set()
 
-    def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
+    def hits(self, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
+        """One query's ranked (row, score) pairs as hits: rank from 1, path, class, score."""
         return [Hit(r + 1, self.paths[i], self.rels[i], str(self.labels[i]), s)
                 for r, (i, s) in enumerate(ranked)]
 
-    def search(self, query: ImageSource, method: str = "pixel-l1", k: int = 5,
+    # -- queries ---------------------------------------------------------------------------
+    def search(self, query: ImageSource, method: str | Method = "pixel-l1", k: int = 5,
                exclude_self: bool = True, name: str | None = None) -> tuple[list[Hit], float]:
         """Rank the library for one query image; returns (hits, seconds). The query itself is
         left out of its own results when its bytes are in the library. `name` is how error
@@ -424,10 +307,10 @@ class LookalikeIndex:
         image = load_image(query, name=name, reduce_to=QUERY_SIDE)   # no bigger than any method needs
         vec = self.query_vectors([image], m.source)
         skip = [self.self_rows(query) if exclude_self else set()]
-        hits = self._hits(self.rank(vec, m, k, skip)[0])
+        hits = self.hits(self.rank(vec, m, k, skip)[0])
         return hits, time.perf_counter() - t0
 
-    def search_text(self, text: str, method: str | None = None, k: int = 5) -> tuple[list[Hit], float]:
+    def search_text(self, text: str, method: str | Method | None = None, k: int = 5) -> tuple[list[Hit], float]:
         """Text-to-image search, for embedders with a text tower."""
         k = check_k(k)
         text = (text or "").strip()
@@ -436,54 +319,61 @@ class LookalikeIndex:
         if len(text) > MAX_TEXT_CHARS:
             raise LookalikeError(f"the text prompt is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
         if not self.has_text:
-            name = (self.manifest.embedder or {}).get("spec", "pixels only")
-            raise ModelError(f"this model ({name}) has no text encoder; text search needs a CLIP index "
-                             "(build with --model ViT-B-32:laion2b_s34b_b79k or a local CLIP checkpoint)")
-        emb = self.manifest.embedder
-        assert emb is not None   # has_text implies an embedder
-        m = self.parse_method(method or f"{emb['name']}-cosine")
-        if m.source == "pixel":
+            name = self.manifest.embedder.spec if self.manifest.embedder else "pixels only"
+            raise ModelError(f"this model ({name}) has no text encoder; text search needs a CLIP index: build "
+                             "the index with a CLIP model", remedy=Remedy.BUILD_WITH_CLIP)
+        m = self.parse_method(method or self.default_method)
+        if m.pixel:
             raise LookalikeError("text search compares text and image embeddings; choose a CLIP method, not a pixel one")
         t0 = time.perf_counter()
         vec = self.embedder.encode_text([text])
-        hits = self._hits(self.rank(vec, m, k)[0])
+        hits = self.hits(self.rank(vec, m, k)[0])
         return hits, time.perf_counter() - t0
 
-    def search_composed(self, terms: Sequence[Any], method: str | None = None, k: int = 5,
+    def search_composed(self, terms: Sequence[Term], method: str | Method | None = None, k: int = 5,
                         exclude_self: bool = True) -> tuple[list[Hit], float]:
         """Rank for a composed query (retrieval.compose.Term: weighted text and image terms, minus
         terms negative): one model call for the texts, one for the images, then one ranking.
         Images that are themselves in the library are left out of the results (positive terms)."""
-        from .compose import check_terms, combine
+        from .compose import combine
         k = check_k(k)
-        check_terms(terms)
-        if not self.manifest.embedder:
-            raise IndexError_("composed queries combine embeddings; this index holds pixels only: rebuild it "
-                              "with --model (CLIP for text terms)")
-        texts = [t for t in terms if t.is_text]
-        if texts and not self.has_text:
-            raise ModelError(f"this model ({self.manifest.embedder['spec']}) has no text encoder, so a composed "
-                             "query cannot use text terms; use image terms only, or build a CLIP index "
-                             "(--model ViT-B-32:laion2b_s34b_b79k or a local CLIP checkpoint)")
-        for t in texts:
-            if not t.text.strip() or len(t.text) > MAX_TEXT_CHARS:
-                raise LookalikeError(f"each text term must be 1 to {MAX_TEXT_CHARS} characters, got {len(t.text)}")
-        m = self.parse_method(method or f"{self.manifest.embedder['name']}-cosine")
-        if m.source == "pixel":
-            raise LookalikeError("composed queries combine embeddings; choose an embedding method, not a pixel one")
+        m = self._composed_method(terms, method)
         t0 = time.perf_counter()
-        images = [t for t in terms if not t.is_text]
-        decoded = [load_image(t.image, name=t.name or None, reduce_to=QUERY_SIDE) for t in images]
+        texts = [(t.weight, t.text) for t in terms if t.text is not None]
+        images = [(t.weight, t.image, t.name) for t in terms if t.text is None and t.image is not None]
         parts = []
         if texts:
-            parts.append(self.embedder.encode_text([t.text for t in texts]))
+            parts.append(self.embedder.encode_text([text for _, text in texts]))
         if images:
-            parts.append(self.embedder.encode_images(decoded))
-        vec = combine(np.concatenate(parts), [t.weight for t in texts] + [t.weight for t in images])
+            parts.append(self.embedder.encode_images([load_image(image, name=name or None, reduce_to=QUERY_SIDE)
+                                                      for _, image, name in images]))
+        vec = combine(np.concatenate(parts), [w for w, _ in texts] + [w for w, _, _ in images])
         skip: set[int] = set()
         if exclude_self:
-            for t in images:
-                if t.weight > 0:
-                    skip |= self.self_rows(t.image)
-        hits = self._hits(self.rank(vec, m, k, [skip])[0])
+            for w, image, _ in images:
+                if w > 0:
+                    skip |= self.self_rows(image)
+        hits = self.hits(self.rank(vec, m, k, [skip])[0])
         return hits, time.perf_counter() - t0
+
+    def _composed_method(self, terms: Sequence[Term], method: str | Method | None) -> Method:
+        """The method a composed query ranks by, after refusing terms this index cannot answer."""
+        from .compose import check_terms
+        check_terms(terms)
+        if any(t.text is None and t.image is None for t in terms):
+            raise LookalikeError("each term of a composed query is a text or an image")
+        if not self.manifest.embedder:
+            raise IndexError_("composed queries combine embeddings; this index holds pixels only: rebuild it "
+                              "with a model (a CLIP model for text terms)", remedy=Remedy.BUILD_WITH_MODEL)
+        texts = [t for t in terms if t.is_text]
+        if texts and not self.has_text:
+            raise ModelError(f"this model ({self.manifest.embedder.spec}) has no text encoder, so a composed "
+                             "query cannot use text terms; use image terms only, or build the index with a "
+                             "CLIP model", remedy=Remedy.BUILD_WITH_CLIP)
+        for text in (t.text for t in texts if t.text is not None):
+            if not text.strip() or len(text) > MAX_TEXT_CHARS:
+                raise LookalikeError(f"each text term must be 1 to {MAX_TEXT_CHARS} characters, got {len(text)}")
+        m = self.parse_method(method or self.default_method)
+        if m.pixel:
+            raise LookalikeError("composed queries combine embeddings; choose an embedding method, not a pixel one")
+        return m

@@ -17,21 +17,16 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import IndexError_
+from .errors import IndexError_, Remedy
 
 log = logging.getLogger(__name__)
 
 SPACES = ("l2", "cosine")
-# HNSW build/search parameters. Measured here on 2000 random unit 512-d vectors (the hardest case
-# for a graph index), recall@10 against exact cosine: Chroma's defaults (M=16, ef_construction=100,
-# ef_search=100) 0.90; M=16 with ef 200/200 0.985; these 0.9995, for ~2x the build time (2.7 s vs
-# 1.3 s for both spaces) - tests/test_vectorstore.py holds the >= 0.99 line. ef_search can be
-# raised later with collection.modify; the others are fixed when a collection is created.
-# At 100k embedding-like vectors (bench/hnsw_settings.py): M=32/ef_c=200 reaches recall@10 0.974 at
-# ef_search 200 for 248 CPU-s of build; M=16/100 needs ef 400 (112 CPU-s); M=48/300 ef 100 (390 CPU-s).
+# HNSW build/search parameters, and ef_search growing with the collection (a graph search must look
+# wider to keep its recall as the graph grows). Why these values, with the measurements:
+# docs/deep-search.md#chroma-hnsw-settings; tests/test_vectorstore.py holds recall@10 >= 0.99.
+# ef_search can be raised later with collection.modify; the others are fixed when a collection is created.
 HNSW = {"max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
-# ef_search grows with the collection: a graph search must look wider to keep its recall as the
-# graph grows (bench/hnsw_settings.py measures the ef each size needs; docs/deep-search.md).
 EF_SEARCH_MIN, EF_SEARCH_MAX, EF_SEARCH_AT_100K, EF_SEARCH_EXPONENT = 100, 1000, 200, 0.6
 
 
@@ -48,7 +43,7 @@ def row_digest(row: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest()
 
 
-REBUILD = "rerun `python build_index.py index` to rebuild the index"
+REBUILD = "rerun the build to rebuild the index"
 # Lines of Rust's own panic report, which chromadb's bindings can put into an error's text.
 _RUST_NOISE = re.compile(r"panicked at|RUST_BACKTRACE|^\s*thread '|^\s*stack backtrace|^\s*\d+: ")
 _DAMAGED = ("malformed", "not a database", "code: 26", "code: 11", "corrupt", "no such table")
@@ -94,17 +89,17 @@ def _translate(where: str) -> Iterator[None]:
         raise
     except (chromadb.errors.ChromaError, OSError, ValueError) as exc:
         kind = ChromaDamaged if any(word in str(exc).lower() for word in _DAMAGED) else IndexError_
-        raise kind(f"Chroma ({where}): {_clean(exc)}; {REBUILD}") from exc
+        raise kind(f"Chroma ({where}): {_clean(exc)}; {REBUILD}", remedy=Remedy.REPAIR_INDEX) from exc
     except Exception as exc:  # httpx transport errors when a server goes away mid-run
         if type(exc).__module__.startswith(("httpx", "httpcore")):
-            raise IndexError_(f"the Chroma server ({where}) stopped answering: {_clean(exc)}; is `chroma run` "
-                              "still up?") from exc
+            raise IndexError_(f"the Chroma server ({where}) stopped answering: {_clean(exc)}; is the Chroma "
+                              "server still running?", remedy=Remedy.START_CHROMA) from exc
         raise
     except BaseException as exc:   # pyo3's PanicException (a Rust panic) derives from BaseException
         if type(exc).__name__ != "PanicException":
             raise
         raise ChromaDamaged(f"Chroma ({where}) failed inside its Rust core ({_clean(exc)}); the collections "
-                            f"may be damaged: {REBUILD}") from None
+                            f"may be damaged: {REBUILD}", remedy=Remedy.REPAIR_INDEX) from None
 
 
 class VectorStore:
@@ -139,15 +134,15 @@ class VectorStore:
         if url:
             parts = urlparse(url if "://" in url else f"http://{url}")
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise IndexError_(f"--chroma-url {url!r} is not http://HOST:PORT")
+                raise IndexError_(f"the Chroma address {url!r} is not http://HOST:PORT")
             port = parts.port or (443 if parts.scheme == "https" else 8000)
             try:
                 client = chromadb.HttpClient(host=parts.hostname, port=port, ssl=parts.scheme == "https",
                                              settings=_settings())
             except Exception as exc:   # chromadb raises ValueError("Could not connect ...")
-                raise IndexError_(f"no Chroma server answers at {url} ({exc}); start one with "
-                                  f"`chroma run --path DIR --host {parts.hostname} --port {port}` "
-                                  "or drop --chroma-url to use the embedded store") from exc
+                raise IndexError_(f"no Chroma server answers at {url} ({exc}); start a Chroma server on "
+                                  f"{parts.hostname} port {port}, or give no server address to use the "
+                                  "embedded store", remedy=Remedy.START_CHROMA) from exc
             return client, url
         if path is None:
             raise IndexError_("VectorStore.open needs a path (embedded) or a url (server)")
@@ -166,7 +161,8 @@ class VectorStore:
             elif any(word in text for word in _DAMAGED):
                 raise ChromaDamaged(f"cannot open a Chroma database at {path}: {_clean(exc)}; the Chroma database "
                                     f"is damaged: {REBUILD}, which sets the folder {path.name}/ aside and fills a "
-                                    "new one from the stored embeddings (the exact methods do not need it)") from None
+                                    "new one from the stored embeddings (the exact methods do not need it)",
+                                    remedy=Remedy.REPAIR_INDEX) from None
             elif "readonly" in text or "read-only" in text:
                 hint = ("Chroma writes to its folder even to read it: make the index folder writable, "
                         "or copy the index to a writable disk")

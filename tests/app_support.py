@@ -1,6 +1,6 @@
 """Launching the Gradio app for tests: in-process on 127.0.0.1, with a gradio_client Client.
 
-Shared by tests/test_app.py and tests/test_reliability.py. The caller closes the demo
+Shared by tests/test_app.py and tests/test_bad_image_corpus.py. The caller closes the demo
 (`demo.close()`), normally in a fixture's teardown.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ what the cleaner does with it (a 49x49 image is a valid image but too small for 
 
     python tests/bad_images.py OUT_DIR        # write the corpus to OUT_DIR and print the table
 
-tests/test_reliability.py runs every stage over it: library scan + index build, cleaner, CLI
+tests/test_bad_image_corpus.py runs every stage over it: library scan + index build, cleaner, CLI
 search, app upload and the downloader.
 """
 from __future__ import annotations

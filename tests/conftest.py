@@ -1,6 +1,7 @@
 """Shared fixtures. Tests never touch the network: the Hub is forced offline."""
 from __future__ import annotations
 
+import faulthandler
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,6 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -96,8 +98,48 @@ def sample_effnet_index(sample_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app(sample_effnet_index):
     """The app over the sample effnet index, served in-process on 127.0.0.1 (gradio_client tests);
-    a module may override it with an app over its own index (test_reliability does)."""
+    a module may override it with an app over its own index (test_bad_image_corpus does)."""
     from app_support import launch
     demo, served = launch(sample_effnet_index)
     yield served
     demo.close()
+
+
+# -- the reliability tests (test_bad_image_corpus, test_indexing, test_storage_faults, ...) -------------
+
+@pytest.fixture
+def watchdog():
+    """No test may hang: dump every thread and stop the run after WATCHDOG_S seconds (pytest-timeout
+    is not a dependency). The reliability modules apply it to each test with pytestmark."""
+    from reliability_support import WATCHDOG_S
+
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> SimpleNamespace:
+    """A tiny library with the whole bad-image corpus (tests/bad_images.py) in its train/awkward/ class,
+    indexed with the offline backbone (pixels, embeddings, Chroma), and a flat copy of the corpus for
+    queries and uploads. Built once per session: its users only read it."""
+    import bad_images
+    from retrieval.indexing import build_index
+
+    root = tmp_path_factory.mktemp("corpus")
+    data = make_tiny_library(root / "data", n_train=4, n_test=1)
+    bad_images.write_corpus(data / "train" / "awkward")
+    files = bad_images.write_corpus(root / "files")
+    summary = build_index(data, root / "index", model="effnet")
+    return SimpleNamespace(root=root, data=data, index=root / "index", files=files, summary=summary)
+
+
+@pytest.fixture
+def effnet_tiny(tmp_path) -> SimpleNamespace:
+    """A fresh tiny library indexed with the offline backbone and evaluated, for a test to damage."""
+    from retrieval.indexing import build_index
+
+    data = make_tiny_library(tmp_path / "data", n_train=4, n_test=1)
+    index = tmp_path / "index"
+    build_index(data, index, model="effnet", evaluate=True)
+    return SimpleNamespace(data=data, index=index, query=next((data / "test").rglob("*.jpg")))

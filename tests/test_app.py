@@ -6,6 +6,7 @@ tests run on the real offline backbone (efficientnet-lite0) over the real sample
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import struct
@@ -24,10 +25,10 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from webui.start import HUB_ENV, locate_index
-from webui.handlers import query_source
+from webui.handlers import query_source, user_errors
 from webui.layout import build_demo
 from webui.texts import explain_winner
-from retrieval.errors import ImageError, IndexError_
+from retrieval.errors import ImageError, IndexError_, Remedy
 from retrieval.indexing import build_index
 from retrieval.library import file_sha256, scan_split
 from retrieval.metrics import METRICS
@@ -70,6 +71,8 @@ def test_about_tab_shows_no_server_paths(app):
     for folder in (app.index.index_dir, app.index.data_dir):
         assert str(Path(folder).resolve()) not in text and str(folder) not in text
     assert f"`{app.index.index_dir.name}`" in text or f"/{app.index.index_dir.name}`" in text
+    assert not re.search(r"python [a-z]|\s--[a-z]", text)   # no commands or flags: a visitor cannot run them
+    assert "whoever runs this app rebuilds the index" in text
 
 
 @pytest.mark.parametrize("metric", list(METRICS))
@@ -248,11 +251,34 @@ def test_pixel_only_index_explains_the_missing_tabs(sample_pixel_index):
              and getattr(fn, "api_visibility", "public") == "public"}
     assert {"search_pixel", "compare"} <= names and not names & {"search_deep", "search_text"}
     text = json.dumps(demo.get_config_file())
-    assert "pixels only, so there is no deep search" in text and "--model effnet" in text
-    assert "has no text encoder" in text
+    assert "pixels only, so there is no deep search" in text
+    assert "This index holds pixels only, so there is nothing to compare a sentence with" in text
+    # what to do, for a visitor: who can rebuild it and with what, never a command, a flag or a path
+    assert "Whoever runs this app can rebuild the index with a model (efficientnet-lite0" in text
+    assert "Whoever runs this app can build the index with a CLIP model" in text
+    for shown in (m["props"].get("value") for m in demo.get_config_file()["components"] if m["type"] == "markdown"):
+        assert not re.search(r"(^|[\s`(])--[a-z]|python [a-z]|build_index\.py", str(shown or "")), shown
 
 
 # -- handlers and static content ------------------------------------------------------------------
+
+def test_an_errors_remedy_is_said_for_a_visitor():
+    """A visitor cannot rebuild anything: the page says who can, in the remedy's plain words."""
+    import gradio as gr
+
+    def damaged(*_):
+        raise IndexError_("the index is damaged; rebuild the index", remedy=Remedy.REBUILD_INDEX)
+
+    def refused(*_):
+        raise ImageError("the upload is empty")
+
+    with pytest.raises(gr.Error) as err:
+        user_errors(damaged)()
+    assert err.value.message == "the index is damaged; rebuild the index. Whoever runs this app can rebuild the index."
+    with pytest.raises(gr.Error) as err:
+        user_errors(refused)()
+    assert err.value.message == "the upload is empty"
+
 
 def test_query_source_payloads(tmp_path):
     # a path named by the client is never read (round 3): only files handlers.QueryFiles accepts

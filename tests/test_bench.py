@@ -110,7 +110,7 @@ def test_every_module_imports_from_the_package():
     mods = {name: importlib.import_module(f"bench.{name}") for name in mods}
     assert {"load.soak", "load.crowd", "load.hostile_memory", "load.app_latency"} <= set(mods)
     for b in SUITE:
-        assert callable(getattr(mods[b.module], "main" if b.script_args is not None else "run"))
+        assert callable(getattr(mods[b.module], "main" if b.script else "run"))
 
 
 def test_in_child_and_module_scripts_run_from_the_repository_root():

@@ -61,7 +61,7 @@ def _check_consistent(index_dir: Path, rel: str, data: bytes, effnet) -> dict[st
     assert index.manifest.items[row]["sha256"] == _sha(data)
     want_pixels = resize_pixels(load_image(data), index.manifest.pixel_size).reshape(-1)
     assert np.array_equal(np.load(index_dir / index.manifest.pixels_file)[row], want_pixels)
-    stored = np.load(index_dir / index.manifest.embedder["file"])[row]
+    stored = np.load(index_dir / index.manifest.embedder.file)[row]
     want = effnet.encode_images([load_image(data)])[0]
     assert float(stored @ want) > 0.9999
     scores = {}

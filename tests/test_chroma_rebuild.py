@@ -26,7 +26,7 @@ def chroma_url(request):
 def _store(index_dir, chroma_url) -> VectorStore:
     manifest = Manifest.read(index_dir)
     return VectorStore.open(path=None if chroma_url else index_dir / "chroma", url=chroma_url,
-                            prefix=manifest.chroma["prefix"])
+                            prefix=manifest.chroma.prefix)
 
 
 def _check_store_equals_index(index_dir, chroma_url, data) -> int:
@@ -34,7 +34,7 @@ def _check_store_equals_index(index_dir, chroma_url, data) -> int:
     search's top 10 for every query (the test split and every fifth library image). Returns the
     number of queries checked."""
     manifest = Manifest.read(index_dir)
-    vectors = np.load(index_dir / manifest.embedder["file"])
+    vectors = np.load(index_dir / manifest.embedder.file)
     paths = [it["path"] for it in manifest.items]
     store = _store(index_dir, chroma_url)
     for space, col in store.collections.items():
@@ -65,7 +65,7 @@ def test_a_precision_change_rewrites_chroma(tmp_path, chroma_url, caplog):
             summary = build_index(data, index_dir, model="effnet", precision=precision, chroma_url=chroma_url,
                                   evaluate=False)
         assert summary["embedded"] == 30
-        assert Manifest.read(index_dir).embedder["precision"] == precision
+        assert Manifest.read(index_dir).embedder.precision == precision
         assert "chroma: 30 upserted" in caplog.text
         checked.append(_check_store_equals_index(index_dir, chroma_url, data))
     with caplog.at_level(logging.INFO, logger="retrieval.indexing"):

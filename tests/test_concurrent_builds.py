@@ -78,8 +78,7 @@ def consistent(index: Path, pixel_size: int, images: int, chroma: bool = False) 
     m = opened.manifest
     assert m.pixel_size == pixel_size
     assert set(m.checksums) >= {"items", m.pixels_file}
-    from retrieval.rerank import record_files   # the re-ranking (DBA) arrays of the same build
-    live = {m.pixels_file, (m.embedder or {}).get("file"), *record_files(m.rerank)}
+    live = set(m.files())   # the pixels, embeddings and re-ranking (DBA) arrays of the same build
     assert sorted(p.name for p in index.glob("*.npy") if p.name not in live) == []
     assert not [p.name for p in index.iterdir() if p.name.startswith(".")]
     assert len(m.items) == images

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from collect.crawl import (CrawlError, crawl_urls, extract_image_urls,
-                           largest_srcset_candidate, load_categories, search_url, to_large_size)
+from collect.crawl import CrawlError, crawl_urls, load_categories
+from collect.search_page import extract_image_urls, largest_srcset_candidate, search_url, to_large_size
 from flickr_standin import serve_standin
 from browser_support import needs_chromedriver
 

@@ -78,7 +78,7 @@ def test_incremental_reindex_embeds_only_new_images(tiny_library, tmp_path, chro
     assert second["embedded"] == 3 and second["images"] == 19
     manifest = Manifest.read(index_dir)
     store = VectorStore.open(path=None if chroma_url else index_dir / "chroma", url=chroma_url,
-                             prefix=manifest.chroma["prefix"])
+                             prefix=manifest.chroma.prefix)
     assert store.count() == {"l2": 19, "cosine": 19}
     assert store.ids() == {it["path"] for it in manifest.items}
     index = LookalikeIndex.open(index_dir)
@@ -96,7 +96,7 @@ def test_chroma_out_of_step_is_detected_and_repaired(tiny_library, tmp_path):
     index_dir = tmp_path / "index"
     build_index(tiny_library, index_dir, model="effnet", evaluate=False)
     manifest = Manifest.read(index_dir)
-    store = VectorStore.open(path=index_dir / "chroma", prefix=manifest.chroma["prefix"])
+    store = VectorStore.open(path=index_dir / "chroma", prefix=manifest.chroma.prefix)
     store.delete(["train/red/train_0.jpg"])  # as if a build died between Chroma and the manifest
     del store
     index = LookalikeIndex.open(index_dir)

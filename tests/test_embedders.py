@@ -108,7 +108,7 @@ def test_offline_without_weights_fails_with_instructions(empty_hf_cache, monkeyp
     with pytest.raises(ModelError) as err:
         load_embedder("ViT-B-32:laion2b_s34b_b79k")
     msg = str(err.value)
-    assert "HF_HUB_OFFLINE" in msg and "ViT-B-32:/path/to/" in msg and "--model effnet" in msg
+    assert "HF_HUB_OFFLINE" in msg and "ViT-B-32:/path/to/" in msg and "backbone, the model effnet" in msg and "--" not in msg
 
 
 def test_unreachable_hub_fails_without_retrying(empty_hf_cache, monkeypatch):

@@ -1,4 +1,4 @@
-"""The k-fold protocol (retrieval.evaluate): folds, no leak of the query fold into the library side,
+"""The k-fold protocol (retrieval.kfold): folds, no leak of the query fold into the library side,
 bootstrap intervals, both protocols in evaluation.json, and the re-ranking figures on the sample library."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from conftest import make_tiny_library
-from retrieval.evaluate import (Pool, bootstrap_ci, evaluate_kfold, kfold_library_side,
-                                stratified_folds)
+from retrieval.kfold import Pool, evaluate_kfold, kfold_library_side, stratified_folds
 from retrieval.indexing import build_index
 from retrieval.rerank import Settings, library_side
+from retrieval.scoring import bootstrap_ci
 from retrieval.search import LookalikeIndex
 
 ROOT = Path(__file__).resolve().parents[1]

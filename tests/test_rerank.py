@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_library
-from retrieval.errors import LookalikeError
+from retrieval.errors import IndexError_, LookalikeError, Remedy
 from retrieval.indexing import build_index
 from retrieval.library import scan_split
-from retrieval.rerank import Settings, dba, expand, library_side, mirror_pixels, split_name, to_space
+from retrieval.methods import Method
+from retrieval.records import RerankRecord, RerankSource
+from retrieval.rerank import (Reranker, Settings, dba, dba_plan, expand, library_side, mirror_pixels, rerank_scores,
+                              space_rows, to_space)
 from retrieval.search import LookalikeIndex
 
 
@@ -55,14 +58,12 @@ def test_space_and_flip():
                                atol=1e-6)   # a flip-averaged row is the same for an image and its mirror
     x = to_space(np.array([[4.0, -9.0]]), Settings(sqrt=True))
     np.testing.assert_allclose(x, [[2 / np.sqrt(13), -3 / np.sqrt(13)]], atol=1e-6)   # signed square root
-    assert split_name("effnet-cosine+dba+qe") == ("effnet-cosine", True, True)
-    assert split_name("pixel-l1") == ("pixel-l1", False, False)
 
 
 def _dba_of(index_dir, source="pixel"):
     idx = LookalikeIndex.open(index_dir)
-    rec = idx.manifest.rerank["sources"][source]
-    return idx, np.load(index_dir / rec["dba_file"])
+    rec = idx.manifest.rerank.sources[source]
+    return idx, np.load(index_dir / rec.dba_file)
 
 
 def test_incremental_add_and_delete_recompute_dba_from_the_current_library(tmp_path):
@@ -110,10 +111,48 @@ def test_reranked_pixel_search_and_bad_names(tmp_path):
 def test_effnet_reranked_exact_and_through_chroma_agree(sample_effnet_index, sample_data):
     idx = LookalikeIndex.open(sample_effnet_index)
     assert {"effnet-cosine+qe", "effnet-cosine+dba+qe", "effnet-hnsw-cosine+dba+qe"} <= set(idx.methods)
-    assert idx.manifest.rerank["sources"]["effnet"]["k"] in (3, 5, 8, 12)
+    assert idx.manifest.rerank.sources["effnet"].settings.k in (3, 5, 8, 12)
     overlap = []
     for q in scan_split(sample_data, "test")[:10]:
         exact, _ = idx.search(q.path(sample_data), "effnet-cosine+dba+qe", k=10)
         approx, _ = idx.search(q.path(sample_data), "effnet-hnsw-cosine+dba+qe", k=10)
         overlap.append(len({h.rel for h in exact} & {h.rel for h in approx}) / 10)
     assert np.mean(overlap) >= 0.95
+
+
+def test_dba_plan_says_why_in_plain_words():
+    assert dba_plan(3, 3, "off") == "re-ranking is switched off for this build"
+    why = dba_plan(1000, 3072, "auto", budget=1000 * 3072 * 4 - 1)
+    assert why and "1,000 x 3,072" in why and "automatic re-ranking allows" in why and "--" not in why
+    assert dba_plan(1000, 3072, "auto", budget=1000 * 3072 * 4) is None and dba_plan(10**6, 10**4, "on") is None
+
+
+def test_reranker_from_explicit_inputs(tmp_path):
+    """The query-time Reranker needs no index object: the record, the plain vectors, the DBA file."""
+    size = 4
+    pixels = np.random.default_rng(3).integers(0, 256, size=(20, size * size * 3), dtype=np.uint8)
+    s = Settings(metric="cosine", k=3, alpha=1.0, flip=True)
+    side = library_side(pixels, s, pixel_size=size)
+    assert side.dba is not None
+    np.save(tmp_path / "dba-pixel.npy", side.dba)
+    checked = []
+    record = RerankRecord({"pixel": RerankSource(s, "dba-pixel.npy")})
+    reranker = Reranker(record, {"pixel": pixels}, pixel_size=size, index_dir=tmp_path,
+                        check_dba=lambda path, rows, width: checked.append((path.name, rows.shape, width)))
+    assert reranker.offers("pixel") and not reranker.offers("effnet") and reranker.settings("pixel") == s
+    queries = pixels[:2]
+    exclude = [{0}, set()]
+    method = Method.parse("pixel-cosine+dba+qe")
+    got = reranker.rank(queries, method, 5, exclude)
+    want = rerank_scores(space_rows(queries, s, size), side, s, True, True, exclude)
+    for q, rows in enumerate(got):
+        assert [r for r, _ in rows] == [int(i) for i in np.argsort(-want[q], kind="stable") if i not in exclude[q]][:5]
+    assert checked == [("dba-pixel.npy", (20, 48), 48)]            # the file was checked once, when first loaded
+    with pytest.raises(IndexError_, match="no Chroma DBA collections") as err:
+        reranker.rank(queries, Method("pixel", "cosine", hnsw=True, dba=True, qe=True), 5, exclude)
+    assert err.value.remedy is Remedy.BUILD_WITH_MODEL
+    (tmp_path / "dba-pixel.npy").unlink()
+    fresh = Reranker(record, {"pixel": pixels}, pixel_size=size, index_dir=tmp_path, check_dba=lambda *a: None)
+    with pytest.raises(IndexError_, match="is missing") as err:
+        fresh.prepare(method)
+    assert err.value.remedy is Remedy.REPAIR_INDEX

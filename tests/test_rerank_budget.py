@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_plan_follows_the_budget_and_the_mode():
     assert rerank.dba_plan(1000, 3072, "auto", budget=1000 * 3072 * 4) is None      # exactly fits
     why = rerank.dba_plan(1000, 3072, "auto", budget=1000 * 3072 * 4 - 1)
-    assert "1,000 x 3,072" in why and "--rerank on" in why
+    assert "1,000 x 3,072" in why and "forcing re-ranking on" in why
     assert rerank.dba_plan(10**6, 10**4, "on") is None                               # forced: no budget
-    assert rerank.dba_plan(3, 3, "off") == "--rerank off"
+    assert rerank.dba_plan(3, 3, "off") == "re-ranking is switched off for this build"
     with pytest.raises(ValueError, match="auto, on, off"):
         rerank.dba_plan(3, 3, "sometimes")
     # The default budget: the sample library at the seed's 448x448 pixels is over it, at 32x32 well under.
@@ -34,9 +34,9 @@ def _reranked(index_dir: Path) -> list[str]:
 
 def test_over_budget_source_gets_no_reranked_methods_and_says_why(tiny_library, tmp_path, monkeypatch):
     index = tmp_path / "index"
-    monkeypatch.setattr(rerank, "DBA_AUTO_MAX_BYTES", 100)    # far below 24 rows of 32x32x3 floats
+    monkeypatch.setattr(rerank.build, "DBA_AUTO_MAX_BYTES", 100)    # far below 24 rows of 32x32x3 floats
     summary = build_index(tiny_library, index, model="none", evaluate=False)
-    assert "over the 0 MiB that --rerank auto allows" in summary["rerank_skipped"]["pixel"]
+    assert "over the 0 MiB that automatic re-ranking allows" in summary["rerank_skipped"]["pixel"]
     assert _reranked(index) == [] and not list(index.glob("dba-*.npy"))
     with pytest.raises(LookalikeError, match="unknown method|not offered|no method"):
         LookalikeIndex.open(index).search(tiny_library / "test/red/test_0.jpg", "pixel-cosine+dba+qe", k=3)
@@ -46,12 +46,12 @@ def test_over_budget_source_gets_no_reranked_methods_and_says_why(tiny_library, 
     assert len(list(index.glob("dba-pixel.*.npy"))) == 1
 
     summary = build_index(tiny_library, index, model="none", evaluate=False, rerank="off")  # and off again
-    assert summary["rerank_skipped"] == {"pixel": "--rerank off"}
+    assert summary["rerank_skipped"] == {"pixel": "re-ranking is switched off for this build"}
     assert _reranked(index) == [] and not list(index.glob("dba-*.npy"))   # the old DBA file is gone
 
 
 def test_bad_mode_is_refused_before_any_work(tiny_library, tmp_path):
-    with pytest.raises(LookalikeError, match="--rerank must be one of auto, on, off"):
+    with pytest.raises(LookalikeError, match="re-ranking mode must be one of auto, on, off"):
         build_index(tiny_library, tmp_path / "index", model="none", rerank="maybe")
     assert not (tmp_path / "index" / "manifest.json").exists()
 
@@ -62,11 +62,11 @@ def test_cli_prints_why_a_source_has_no_reranking(tiny_library, tmp_path):
                           str(index), "--model", "none", "--no-eval", "--rerank", "off"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "no re-ranked methods for pixel: --rerank off" in run.stdout
+    assert "no re-ranked methods for pixel: re-ranking is switched off for this build" in run.stdout
     listed = subprocess.run([sys.executable, "-m", "retrieval", "methods", "--index", str(index)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr
-    assert "+dba" not in listed.stdout and "# no re-ranked methods for pixel: --rerank off" in listed.stdout
+    assert "+dba" not in listed.stdout and "# no re-ranked methods for pixel: re-ranking is switched off for this build" in listed.stdout
     tuned = subprocess.run([sys.executable, "-m", "retrieval", "evaluate", "--index", str(index), "--protocol",
                             "kfold", "--tune"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert tuned.returncode == 0, tuned.stderr      # the grid is for sources that are re-ranked: none here

@@ -149,8 +149,14 @@ def test_existing_collection_with_wrong_space_is_refused(tmp_path):
 
 
 def test_unreachable_server_says_how_to_start_one():
-    with pytest.raises(IndexError_, match="chroma run"):
+    import argparse
+
+    from retrieval.cli import remedy_hint
+    from retrieval.errors import Remedy
+    with pytest.raises(IndexError_, match="start a Chroma server on 127.0.0.1 port") as err:
         VectorStore.open(url=f"http://127.0.0.1:{free_port()}")
+    assert err.value.remedy is Remedy.START_CHROMA
+    assert "chroma run" in (remedy_hint(err.value, argparse.Namespace()) or "")   # the command line's words
 
 
 def test_server_going_away_mid_run(tmp_path):

@@ -1,5 +1,6 @@
-"""The warm app: the model loads in the background at start-up; until then pixel search works, the
-page says "loading the model…", and a deep query gets a clear message instead of a hang."""
+"""The warm app: the model loads in the background at start-up (webui.warmup); until then pixel
+search works, the page says "loading the model…", and a deep query gets a clear message instead of a
+hang."""
 from __future__ import annotations
 
 import threading
@@ -12,6 +13,7 @@ from retrieval.errors import ModelError
 from retrieval.search import LookalikeIndex
 from webui import handlers
 from webui.handlers import Searcher
+from webui.warmup import WarmUp, default_methods
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +45,12 @@ def slow_model(monkeypatch):
 def test_deep_query_while_loading_gets_a_clear_message(tiny_index, slow_model):
     index_dir, queries = tiny_index
     index = LookalikeIndex.open(index_dir)
-    searcher = Searcher(index)
+    warm = WarmUp(index)
+    searcher = Searcher(index, warm=warm)
     assert "loads with the first deep query" in searcher.model_status()
-    index.warm_up()
-    assert index.loading and not index.ready
+    assert warm.ready and warm.seconds() is None                    # not started: nothing to wait for
+    warm.start()
+    assert warm.loading and not warm.ready
     assert "loading the model…" in searcher.model_status()
 
     t0 = time.perf_counter()
@@ -57,8 +61,8 @@ def test_deep_query_while_loading_gets_a_clear_message(tiny_index, slow_model):
     assert len(gallery) == 3
 
     slow_model.set()
-    assert index.wait_ready(60) and index.ready
-    assert "model ready" in searcher.model_status()
+    assert warm.wait_ready(60) and warm.ready and warm.error is None
+    assert "model ready (loaded in" in searcher.model_status()
     assert index.loaded() >= {"model", "store"}                     # Chroma too (HNSW is offered)
     gallery, status, _ = searcher.deep(str(queries[0]), "effnet-cosine", 3)
     assert len(gallery) == 3 and "first loaded" not in status       # no model-loading time in the query
@@ -77,8 +81,10 @@ def test_failed_warm_up_is_reported_and_retried(tiny_index, monkeypatch):
         real(self, spec)
 
     monkeypatch.setattr(LookalikeIndex, "use_model", failing)
-    index.warm_up().join(60)
-    searcher = Searcher(index)
+    warm = WarmUp(index)
+    warm.start().join(60)
+    assert warm.error == "ModelError: weights missing (simulated)" and not warm.loading
+    searcher = Searcher(index, warm=warm)
     assert "loading the model failed:** ModelError: weights missing (simulated)" in searcher.model_status()
     gallery, status, _ = searcher.deep(str(queries[0]), "effnet-cosine", 3)   # the query retries the load
     assert len(gallery) == 3 and "first loaded the model" in status
@@ -90,8 +96,9 @@ def test_app_says_loading_over_http(tiny_index, slow_model):
     from webui.layout import serve
     index_dir, queries = tiny_index
     index = LookalikeIndex.open(index_dir)
-    index.warm_up()
-    demo, url = serve(index)
+    warm = WarmUp(index)
+    warm.start()
+    demo, url = serve(index, warm=warm)
     try:
         client = Client(url, verbose=False)
         status = client.predict(api_name="/model_status")
@@ -101,8 +108,29 @@ def test_app_says_loading_over_http(tiny_index, slow_model):
         pixel = client.predict(handle_file(str(queries[0])), "l1", 3, api_name="/search_pixel")
         assert len(pixel[0]) == 3
         slow_model.set()
-        assert index.wait_ready(60)
+        assert warm.wait_ready(60)
         status = client.predict(api_name="/model_status")
         assert "model ready" in (status[0] if isinstance(status, (list, tuple)) else status)
     finally:
         demo.close()
+
+
+def test_the_warm_up_prepares_the_preselected_methods(tiny_index):
+    """Pixel L1 first (its pooled copies), then the default deep method and its HNSW twin; a pixel-only
+    index warms pixel L1 alone. A second start() is the same load, not another one."""
+    index_dir, _ = tiny_index
+    index = LookalikeIndex.open(index_dir)
+    assert [str(m) for m in default_methods(index)] == ["pixel-l1", "effnet-cosine", "effnet-hnsw-cosine"]
+    warm = WarmUp(index)
+    thread = warm.start()
+    assert warm.start() is thread and warm.wait_ready(120) and warm.error is None
+    assert index.loaded() >= {"model", "store"} and warm.seconds() is not None
+
+
+def test_a_pixel_only_index_warms_pixels_only(sample_pixel_index):
+    index = LookalikeIndex.open(sample_pixel_index)
+    assert [str(m) for m in default_methods(index)] == ["pixel-l1"]
+    warm = WarmUp(index)
+    warm.start()
+    assert warm.wait_ready(60) and warm.error is None and warm.seconds() is not None
+    assert "model" not in index.loaded() and Searcher(index, warm=warm).model_status() == ""

@@ -17,7 +17,9 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from retrieval.compare import KIND_ORDER, Comparison, compare, kind, score_text, test_labels
+from retrieval.compare import Comparison, compare, score_text, test_labels
+from retrieval.errors import LookalikeError
+from retrieval.methods import Kind, Method
 from retrieval.search import LookalikeIndex
 
 from .handlers import NOT_AN_UPLOAD, DEFAULT_K, QueryFiles, query_source, slider_k, upload_name, user_errors
@@ -33,10 +35,10 @@ def model_title(index: LookalikeIndex) -> str:
     emb = index.manifest.embedder
     if not emb:
         return "Deep features (none: pixel-only index)"
-    if emb["name"] == "effnet":
+    if emb.name == "effnet":
         return "efficientnet-lite0 (offline ImageNet backbone)"
-    spec = emb["spec"].split(":")
-    return f"CLIP {spec[1] if len(spec) > 1 else emb['spec']}"
+    spec = emb.spec.split(":")
+    return f"CLIP {spec[1] if len(spec) > 1 else emb.spec}"
 
 
 class Comparer:
@@ -45,7 +47,8 @@ class Comparer:
     def __init__(self, index: LookalikeIndex, files: QueryFiles | None = None) -> None:
         self.index = index
         self.files = files or QueryFiles.for_index(index)   # which files a query may name
-        self.methods = sorted(index.methods, key=lambda m: KIND_ORDER.index(kind(index.parse_method(m))))
+        kinds = list(Kind)   # pixels, deep exact, HNSW, re-ranked; the index's own order within each
+        self.methods = [str(m) for m in sorted(index.offered, key=lambda m: kinds.index(m.kind))]
         self.known = test_labels(index)   # examples come back from the browser as copies: known by content
 
     def __call__(self, image: Any, k: Any = DEFAULT_K) -> tuple:
@@ -156,21 +159,23 @@ def _copier(n: int):
 
 
 # -- the Evaluation tab's figures -----------------------------------------------------------------
-KIND_COLOURS = {"pixels": "#8c8c8c", "deep, exact": "#4575b4", "deep, HNSW (Chroma)": "#91bfdb", "re-ranked": "#d73027"}
+KIND_COLOURS = {Kind.PIXEL: "#8c8c8c", Kind.EXACT: "#4575b4", Kind.HNSW: "#91bfdb", Kind.RERANKED: "#d73027"}
 
 
-def _method_kind(name: str) -> str:
-    if "+" in name:
-        return "re-ranked"
-    if name.startswith("pixel-"):
-        return "pixels"
-    return "deep, HNSW (Chroma)" if "-hnsw-" in name else "deep, exact"
+def _method_kind(name: str) -> Kind:
+    """The kind of a method named in evaluation.json; a name outside the grammar (a hand edit) is a
+    ValueError, which evaluation_figures turns into a note instead of a failed page."""
+    try:
+        return Method.parse(name).kind
+    except LookalikeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def ordered_methods(report: dict[str, Any]) -> list[str]:
     """Pixels, then deep exact, HNSW, re-ranked; the evaluation's own order within each kind."""
     names = list(report.get("methods") or {})
-    return sorted(names, key=lambda n: (KIND_ORDER.index(_method_kind(n)), names.index(n)))
+    kinds = list(Kind)
+    return sorted(names, key=lambda n: (kinds.index(_method_kind(n)), names.index(n)))
 
 
 def map_figure(report: dict[str, Any], title: str):
@@ -187,8 +192,8 @@ def map_figure(report: dict[str, Any], title: str):
     ax.barh(y, vals, xerr=err, color=[KIND_COLOURS[_method_kind(n)] for n in names], capsize=2)
     ax.set_yticks(y, names, fontsize=8)
     ax.axvline(report["chance"]["map"], color="black", linestyle=":", linewidth=1, label="chance")
-    for kind_name, colour in KIND_COLOURS.items():
-        ax.barh([0], [0], color=colour, label=kind_name)
+    for kind, colour in KIND_COLOURS.items():
+        ax.barh([0], [0], color=colour, label=kind.value)
     ax.legend(fontsize=7, loc="upper right")   # the pixel bars at the top are short
     ax.set_xlabel("mAP (bars: 95% bootstrap interval over queries)")
     ax.set_title(title, fontsize=9)
@@ -203,7 +208,7 @@ def ap_class_figure(report: dict[str, Any], title: str):
     import matplotlib.pyplot as plt
     methods = report["methods"]
     picks = []
-    for kinds in (("pixels",), ("deep, exact", "deep, HNSW (Chroma)"), ("re-ranked",)):
+    for kinds in ((Kind.PIXEL,), (Kind.EXACT, Kind.HNSW), (Kind.RERANKED,)):
         names = [n for n in methods if _method_kind(n) in kinds and methods[n].get("ap_per_class")]
         if names:
             picks.append(max(names, key=lambda n: methods[n]["map"]))
@@ -240,5 +245,5 @@ def evaluation_figures(index: LookalikeIndex) -> None:
             gr.Plot(ap_class_figure(use, f"AP per class ({what})"), label="AP per class", elem_id="eval-ap-class")
     except (KeyError, TypeError, ValueError) as exc:   # an evaluation.json from an older build
         log.info("no evaluation figures: %s", exc)
-        gr.Markdown(f"_No figures: `{index.index_dir.name}/evaluation.json` predates them; rerun "
-                    "`python -m retrieval evaluate --save`._")
+        gr.Markdown("_No figures: this index's `evaluation.json` predates them. Whoever runs this app can "
+                    "add them by evaluating the index again._")

@@ -4,8 +4,8 @@ They return a gallery list of (path, caption), a status line and result rows, so
 them without a server. Every `LookalikeError` becomes a `gr.Error` with the core's own message, so a
 bad upload shows a clear message and the app keeps serving. The index is opened once by the
 caller; nothing here rescans the library or re-embeds it per query. The model and Chroma load
-lazily inside `LookalikeIndex` (under its own lock), and the status line says when a query waited
-for that.
+lazily inside `LookalikeIndex` (under its own lock), or in the background at start-up
+(webui.warmup), and the status line says when a query waited for that.
 
 What a client sends is checked before anything uses it: a query image is an upload or a library
 image (QueryFiles), never a server path the client names; every text field has a length bound and
@@ -25,11 +25,14 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from retrieval.errors import ImageError, LookalikeError
+from retrieval.errors import ImageError, LookalikeError, Remedy
 from retrieval.library import inside_root
+from retrieval.methods import PIXEL, Method
 from retrieval.metrics import METRICS
 from retrieval.search import MAX_K, MAX_TEXT_CHARS, Hit, LookalikeIndex, check_k
 from retrieval.compose import MAX_TERMS, Term, split_weight
+
+from .warmup import WarmUp
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +56,26 @@ Outputs = tuple[list[tuple[str, str]], str, list[dict[str, Any]]]
 
 # -- handlers ---------------------------------------------------------------------------------
 def user_errors(fn: Callable[..., Outputs]) -> Callable[..., Outputs]:
-    """Show LookalikeError messages in the UI (and to API clients) without a server traceback."""
+    """Show LookalikeError messages in the UI (and to API clients) without a server traceback;
+    an error's remedy (Remedy) is said for a visitor: who can act on it."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Outputs:
         try:
             return fn(*args, **kwargs)
         except LookalikeError as exc:
-            message = bounded(str(exc), MAX_MESSAGE_CHARS)
+            remedy = f" {remedy_words(exc.remedy)}" if exc.remedy is not None else ""
+            message = bounded(str(exc), MAX_MESSAGE_CHARS - len(remedy))
             log.info("refused query: %s", message)
+            if remedy:
+                message = message.rstrip(". ") + "." + remedy
             raise gr.Error(public_message(message), print_exception=False) from None
     return wrapper
+
+
+def remedy_words(remedy: Remedy, detail: str = ".") -> str:
+    """A remedy as the web page says it: a visitor cannot rebuild or restart anything, so the page
+    names who can, in plain words (the command line names its flags instead: retrieval.cli)."""
+    return f"Whoever runs this app can {remedy.value}{detail}"
 
 
 # An absolute path in a message (not a URL's path, not "1/2"): shown relative to the app's folder,
@@ -265,11 +278,13 @@ def method_order(index: LookalikeIndex, method: str) -> str:
 
 class Searcher:
     """The handlers of one opened index. `files` says which files a query may name (default: the
-    index's uploads, library images and test-split examples, QueryFiles.for_index)."""
+    index's uploads, library images and test-split examples, QueryFiles.for_index); `warm` is the
+    app's start-up load (default: one never started, so a deep query loads what it needs)."""
 
-    def __init__(self, index: LookalikeIndex, files: QueryFiles | None = None) -> None:
+    def __init__(self, index: LookalikeIndex, files: QueryFiles | None = None, warm: WarmUp | None = None) -> None:
         self.index = index
         self.files = files or QueryFiles.for_index(index)
+        self.warm = warm or WarmUp(index)
 
     def _method(self, method: Any, choices: list[str], what: str = "method") -> str:
         """A method name from the page or the API: text, bounded, one this index offers."""
@@ -283,23 +298,23 @@ class Searcher:
         """Load the model (and Chroma, for HNSW) if needed; returns a note when this call loaded it.
         While the app's warm-up is still loading, wait at most WARM_WAIT_S, then refuse with a
         message (never a hang on the load lock, never a traceback)."""
-        if self.index.parse_method(method).source != "pixel" and not self.index.wait_ready(WARM_WAIT_S):
-            raise LookalikeError(f"the model is still loading ({self.index.loading_seconds() or 0:.0f} s so far); "
+        if not self.index.parse_method(method).pixel and not self.warm.wait_ready(WARM_WAIT_S):
+            raise LookalikeError(f"the model is still loading ({self.warm.seconds() or 0:.0f} s so far); "
                                  "try again in a few seconds. Pixel search works meanwhile.")
         fresh, seconds = self.index.prepare(method)
-        what = " and ".join(LOADED_NAMES[x] for x in sorted(fresh))
+        what = " and ".join(LOADED_NAMES.get(x, x) for x in sorted(fresh))
         return f" (this query first loaded the {what} in {seconds:.1f} s)" if fresh else ""
 
     def model_status(self) -> str:
         """The page's model line: loading, ready (and how long loading took), or why it failed."""
         if not self.index.manifest.embedder:
             return ""
-        took = self.index.loading_seconds()
-        if self.index.loading:
+        took = self.warm.seconds()
+        if self.warm.loading:
             return f"**loading the model…** ({took or 0:.0f} s so far). Pixel search works meanwhile."
-        if self.index._warm_error:
-            return (f"**loading the model failed:** {self.index._warm_error}. Pixel search works; "
-                    "a deep query will try loading it again.")
+        if self.warm.error:
+            return (f"**loading the model failed:** {public_message(bounded(self.warm.error, MAX_MESSAGE_CHARS))}. "
+                    "Pixel search works; a deep query will try loading it again.")
         if took is None and "model" not in self.index.loaded():
             return "the model loads with the first deep query"
         return "model ready" + (f" (loaded in {took:.1f} s)" if took is not None else "")
@@ -327,7 +342,7 @@ class Searcher:
 
     def pixel(self, image: Any, metric: Any, k: Any = DEFAULT_K) -> Outputs:
         metric = self._method(metric, list(METRICS), "pixel metric")
-        return self._image_search(image, f"pixel-{metric}", k)
+        return self._image_search(image, str(Method(PIXEL, metric)), k)
 
     def deep(self, image: Any, method: Any, k: Any = DEFAULT_K) -> Outputs:
         method = self._method(method, deep_methods(self.index), "deep method")
@@ -378,7 +393,8 @@ def composed_terms(terms: Any, image: Any, image_weight: Any, minus: Any,
 
 
 def deep_methods(index: LookalikeIndex) -> list[str]:
-    return [m for m in index.methods if not m.startswith("pixel-")]
+    """The names of the index's methods over embeddings (the deep tabs' choices)."""
+    return [str(m) for m in index.offered if not m.pixel]
 
 
 def method_label(index: LookalikeIndex, method: str) -> str:

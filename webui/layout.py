@@ -8,15 +8,16 @@ from typing import Any, Callable, Literal
 
 import gradio as gr
 
+from retrieval.errors import Remedy
+from retrieval.library import inside_root
 from retrieval.metrics import METRICS
 from retrieval.search import MAX_K, MAX_TEXT_CHARS, LookalikeIndex
 
-from .handlers import (DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, QueryFiles, Searcher, deep_methods, method_label,
-                       user_errors)
 from .compare import compare_tab, evaluation_figures, model_title
-from retrieval.library import inside_root
-
-from .texts import about_markdown, evaluation_markdown, library_examples, shown_path, test_examples
+from .handlers import (DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, QueryFiles, Searcher, deep_methods, method_label,
+                       remedy_words, user_errors)
+from .texts import about_markdown, evaluation_markdown, library_examples, test_examples
+from .warmup import WarmUp
 
 EXAMPLES_PER_PAGE = 15
 MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"   # the upload route refuses more (data: URLs: handlers); load_image refuses > 64 Mpx
@@ -25,13 +26,6 @@ PIXEL_CONCURRENCY = 4        # pixel queries are a few ms of numpy; let more of 
 QUEUE_SIZE = 64              # requests queued at once, all endpoints together: bounds the memory their bodies hold
 MAX_WAIT_S = 30.0            # longest queue wait before "busy, try again" (webui.admission; docs/reliability.md)
 IMAGE_SOURCES: list[Literal["upload", "webcam", "clipboard"]] = ["upload", "webcam", "clipboard"]
-
-
-def _default_deep(index: LookalikeIndex) -> str:
-    """The deep tabs' preselected method; called only when the index has embeddings (deep methods)."""
-    emb = index.manifest.embedder
-    assert emb is not None, "deep tabs exist only for an index with embeddings"
-    return f"{emb['name']}-cosine"
 
 
 def _results(tab: str) -> tuple[gr.Gallery, gr.Markdown, gr.JSON]:
@@ -78,8 +72,8 @@ def _composed_section(index: LookalikeIndex, searcher: Searcher, deep: list[str]
     """Text and an image together, weighted terms and minus terms: one endpoint, /search_composed."""
     with gr.Accordion("Composed query: text + image, weights, minus terms", open=False):
         gr.Markdown("One term per line; `2:red car` counts twice as much as `red car`. The image (optional) "
-                    "joins in with its own weight; minus terms push results away (like rclip's `--add` / "
-                    "`--subtract`).")
+                    "joins in with its own weight; minus terms push results away (like rclip's add and "
+                    "subtract).")
         with gr.Row():
             terms = gr.Textbox(label="Terms (one per line)", placeholder="2:red car\nsunny street", lines=3,
                                elem_id="composed-terms")
@@ -91,7 +85,7 @@ def _composed_section(index: LookalikeIndex, searcher: Searcher, deep: list[str]
             with gr.Column():
                 weight = gr.Slider(0, 5, value=1, step=0.1, label="Image weight", elem_id="composed-weight")
                 method = gr.Dropdown([(method_label(index, x), x) for x in deep],
-                                     value=_default_deep(index), label="Method")
+                                     value=str(index.default_method), label="Method")
                 k = _k_slider("composed-k")
                 button = gr.Button("Search", variant="primary", elem_id="composed-search")
         outputs = _results("composed")
@@ -105,69 +99,86 @@ def _model_status(searcher: Searcher, demo: gr.Blocks) -> None:
     if not searcher.index.manifest.embedder:
         return
     status = gr.Markdown(searcher.model_status(), elem_id="model-status")
-    timer = gr.Timer(1.0, active=searcher.index.loading)
+    timer = gr.Timer(1.0, active=searcher.warm.loading)
 
     def tick() -> tuple[str, gr.Timer]:
-        return searcher.model_status(), gr.Timer(active=searcher.index.loading)
+        return searcher.model_status(), gr.Timer(active=searcher.warm.loading)
 
     timer.tick(tick, None, [status, timer], api_name="model_status", concurrency_limit=None, show_progress="hidden")
     demo.load(tick, None, [status, timer], api_visibility="private", concurrency_limit=None, show_progress="hidden")
 
 
-def build_demo(index: LookalikeIndex) -> gr.Blocks:
+def _deep_tab(index: LookalikeIndex, searcher: Searcher, examples: list[str], examples_label: str,
+              deep: list[str]) -> list[gr.Image]:
+    """The deep features tab: image search over the embeddings (its query image, for linking), or
+    why a pixel-only index has none, in words for a visitor (no commands: they cannot run any)."""
+    if not deep:
+        gr.Markdown("This index holds pixels only, so there is no deep search. "
+                    + remedy_words(Remedy.BUILD_WITH_MODEL, " (efficientnet-lite0 works offline; a CLIP model "
+                                   "adds text search) to enable this tab: see *Your own photos* in the README."))
+        return []
+    return [_image_search_tab("deep", examples, searcher.deep, "search_deep", examples_label=examples_label,
+                              selector=lambda: gr.Dropdown(
+        [(method_label(index, x), x) for x in deep], value=str(index.default_method),
+        label="Method", elem_id="deep-method",
+        info="Exact metrics scan every stored vector; HNSW asks Chroma's approximate graph index "
+             "(what scales to millions)."))]
+
+
+def _text_tab(index: LookalikeIndex, searcher: Searcher, deep: list[str]) -> None:
+    """Text search and the composed query (a model with a text encoder), or why there is none."""
+    if not index.has_text:
+        emb = index.manifest.embedder
+        built = f"was built with **{emb.spec}**, which has no text encoder" if emb else "holds pixels only"
+        gr.Markdown("Text search needs a model with a text encoder (CLIP), which maps words and pictures "
+                    f"into the same vector space. This index {built}, so there is nothing to compare a "
+                    "sentence with. "
+                    + remedy_words(Remedy.BUILD_WITH_CLIP, " to enable this tab: see *Your own photos* in the README."))
+        return
+    with gr.Row():
+        prompt = gr.Textbox(label="Describe what to find", placeholder="a red apple",
+                            max_length=MAX_TEXT_CHARS, scale=3, elem_id="text-prompt")
+        method = gr.Dropdown([(method_label(index, x), x) for x in deep],
+                             value=str(index.default_method), label="Method", scale=2)
+        k = _k_slider("text-k")
+    button = gr.Button("Search", variant="primary", elem_id="text-search")
+    outputs = _results("text")
+    gr.on([button.click, prompt.submit], user_errors(searcher.text), [prompt, method, k], list(outputs),
+          api_name="search_text")
+    _composed_section(index, searcher, deep)
+
+
+def _pixel_metric() -> gr.Radio:
+    return gr.Radio([(f"{n.upper() if len(n) == 2 else n} — {m.formula} ({m.order})", n) for n, m in METRICS.items()],
+                    value="l1", label="Metric", elem_id="pixel-metric",
+                    info="L1 and L2 are distances (results sorted smallest first); "
+                         "cosine and correlation are similarities (largest first).")
+
+
+def build_demo(index: LookalikeIndex, warm: WarmUp | None = None) -> gr.Blocks:
     """The Blocks app over an opened index. Endpoints: /search_pixel, /search_deep (indexes with
-    embeddings), /search_text (indexes whose model has a text encoder)."""
+    embeddings), /search_text (indexes whose model has a text encoder). `warm`: the app's start-up
+    load (webui.warmup), which the page's model line and the deep queries wait on."""
     examples, test_counts = test_examples(index.data_dir)
     examples_label = "Test-split images"
     if not examples:   # a library without test/ (e.g. a photo folder): a few of its own images
         examples, examples_label = library_examples(index), "Library images"
     examples = [e for e in examples if inside_root(e, index.data_dir)]   # never a link out of the library
     files = QueryFiles(index, examples)   # what a query may name: uploads, library images, these examples
-    searcher = Searcher(index, files)
+    searcher = Searcher(index, files, warm)
     deep = deep_methods(index)
     with gr.Blocks(title="Lookalike: image search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Lookalike\nFind the library images that look most like yours: by raw pixels, "
                     "by deep features, or (with a CLIP index) by a text description.")
         _model_status(searcher, demo)
         with gr.Tab("Pixel metrics"):
-            query_images = [_image_search_tab("pixel", examples, searcher.pixel, "search_pixel", examples_label=examples_label,
-                              selector=lambda: gr.Radio(
-                [(f"{n.upper() if len(n) == 2 else n} — {m.formula} ({m.order})", n) for n, m in METRICS.items()],
-                value="l1", label="Metric", elem_id="pixel-metric",
-                info="L1 and L2 are distances (results sorted smallest first); "
-                     "cosine and correlation are similarities (largest first)."),
-                concurrency_limit=PIXEL_CONCURRENCY)]
+            query_images = [_image_search_tab("pixel", examples, searcher.pixel, "search_pixel",
+                                              examples_label=examples_label, selector=_pixel_metric,
+                                              concurrency_limit=PIXEL_CONCURRENCY)]
         with gr.Tab(model_title(index)):
-            if deep:
-                query_images += [_image_search_tab("deep", examples, searcher.deep, "search_deep", examples_label=examples_label,
-                                  selector=lambda: gr.Dropdown(
-                    [(method_label(index, x), x) for x in deep], value=_default_deep(index),
-                    label="Method", elem_id="deep-method",
-                    info="Exact metrics scan every stored vector; HNSW asks Chroma's approximate graph index "
-                         "(what scales to millions)."))]
-            else:
-                gr.Markdown("This index holds pixels only, so there is no deep search. Rebuild it with a model: "
-                            f"`python build_index.py index --data {shown_path(index.data_dir)} --index {shown_path(index.index_dir)} --model effnet`.")
+            query_images += _deep_tab(index, searcher, examples, examples_label, deep)
         with gr.Tab("Text → image"):
-            if index.has_text:
-                with gr.Row():
-                    prompt = gr.Textbox(label="Describe what to find", placeholder="a red apple",
-                                        max_length=MAX_TEXT_CHARS, scale=3, elem_id="text-prompt")
-                    t_method = gr.Dropdown([(method_label(index, x), x) for x in deep],
-                                           value=_default_deep(index), label="Method", scale=2)
-                    t_k = _k_slider("text-k")
-                t_button = gr.Button("Search", variant="primary", elem_id="text-search")
-                t_out = _results("text")
-                gr.on([t_button.click, prompt.submit], user_errors(searcher.text), [prompt, t_method, t_k], list(t_out),
-                      api_name="search_text")
-                _composed_section(index, searcher, deep)
-            else:
-                spec = (index.manifest.embedder or {}).get("spec", "pixels only")
-                gr.Markdown(f"Text search needs a model with a text encoder (CLIP), which maps words and pictures "
-                            f"into the same vector space. This index was built with **{spec}**, which has no text "
-                            "encoder, so there is nothing to compare a sentence with. Rebuild with a CLIP model, e.g. "
-                            f"`python build_index.py index --data {shown_path(index.data_dir)} --index {shown_path(index.index_dir)} "
-                            "--model ViT-B-32:laion2b_s34b_b79k` (online) or `--model ViT-B-32:/path/to/checkpoint.pt`.")
+            _text_tab(index, searcher, deep)
         with gr.Tab("Compare"):   # one query through every method (webui/compare.py)
             compare_tab(index, examples, examples_label, query_images, files)
         with gr.Tab("Evaluation"):
@@ -190,9 +201,11 @@ def launch_options(index: LookalikeIndex) -> dict[str, Any]:
             "max_file_size": MAX_UPLOAD, "app_kwargs": {"middleware": guards(index)}}
 
 
-def serve(index: LookalikeIndex, host: str = "127.0.0.1", port: int | None = None) -> tuple[gr.Blocks, str]:
-    """Build and launch without blocking (tests, benchmarks); returns (demo, local URL). demo.close() stops it."""
-    demo = build_demo(index)
+def serve(index: LookalikeIndex, host: str = "127.0.0.1", port: int | None = None,
+          warm: WarmUp | None = None) -> tuple[gr.Blocks, str]:
+    """Build and launch without blocking (tests, benchmarks); returns (demo, local URL). demo.close() stops it.
+    `warm`: a started WarmUp, as app.py passes one (default: none, a deep query loads the model)."""
+    demo = build_demo(index, warm)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                             **launch_options(index))
     return demo, url

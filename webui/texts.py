@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.attribution import read_attribution
-from retrieval.errors import LibraryError
+from retrieval.errors import LibraryError, LookalikeError
 from retrieval.library import evaluation_skip_reason, scan_split
+from retrieval.methods import Method
 from retrieval.paths import ATTRIBUTION, ATTRIBUTION_MD, EVALUATION, PROJECT_ROOT
 from retrieval.search import LookalikeIndex
 
@@ -27,45 +28,29 @@ METRIC_WHY = {
     "cosine": "compares the direction of the vectors, ignoring their overall scale (e.g. brightness)",
     "corr": "centres and scales each vector first, ignoring shifts in brightness and contrast",
 }
+# What a visitor reads where the evaluation is missing or unusable: who can fix it, in plain words
+# (the page names no commands or flags: a visitor cannot run any; docs/evaluation.md has them).
+EVALUATE_AGAIN = "Whoever runs this app can write it anew by evaluating the index again."
 
 
 
 def read_evaluation(index_dir: Path) -> dict[str, Any] | None:
     """The index's evaluation report, or None when there is none or it is malformed (a hand edit,
-    a Hub pull): the tab then says so (evaluation_problem) and the app starts all the same."""
-    try:
-        report = json.loads((Path(index_dir) / EVALUATION).read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return None if evaluation_problem(report) else report
+    a Hub pull): the tab then says so (evaluation_problem) and the app starts all the same. As
+    plain JSON: the tab reads it field by field (retrieval.evaluation_file reads and checks it)."""
+    from retrieval.evaluation_file import load
+    return load(index_dir).json
 
 
 def evaluation_problem(report: Any) -> str | None:
-    """What makes a parsed evaluation.json unusable, or None: the fields the tab reads."""
-    def scores(methods: Any, where: str) -> str | None:
-        if not isinstance(methods, dict):
-            return f"{where}methods is a JSON {type(methods).__name__}, not an object"
-        for name, v in methods.items():
-            if not isinstance(v, dict) or not all(isinstance(v.get(k), (int, float)) for k in ("map", "p@5")):
-                return f"{where}method {name!r} lacks numeric map and p@5 scores"
-        return None
-    if not isinstance(report, dict):
-        return f"it holds a JSON {type(report).__name__}, not an object"
-    chance = report.get("chance")
-    if not isinstance(chance, dict) or not isinstance(chance.get("map"), (int, float)):
-        return "it has no numeric chance.map"
-    problem = scores(report.get("methods", {}), "")
-    kfold = report.get("kfold")
-    if problem is None and kfold is not None:
-        problem = "kfold is not an object" if not isinstance(kfold, dict) else \
-            (scores(kfold.get("methods", {}), "kfold.") if kfold.get("methods") else None)
-    return problem
+    """What makes a parsed evaluation.json unusable, or None (retrieval.evaluation_file.problem)."""
+    from retrieval.evaluation_file import problem
+    return problem(report)
 
 
-def _malformed_note(index_dir: Path, why: str) -> str:
+def _malformed_note(why: str) -> str:
     return (f"_Note: `{EVALUATION}` in the index folder is malformed ({why}), so no scores are shown. "
-            f"Rewrite it with `python -m retrieval evaluate --index {shown_path(index_dir)} --save`. "
-            "Search works all the same._")
+            f"{EVALUATE_AGAIN} Search works all the same._")
 
 
 def explain_winner(report: dict[str, Any]) -> str:
@@ -77,9 +62,14 @@ def explain_winner(report: dict[str, Any]) -> str:
     chance = report["chance"]["map"]
     out = [f"**{best}** wins with mAP {r['map']:.3f} ({r['map'] / max(chance, 1e-9):.1f}× chance, {chance:.3f}); "
            f"its P@5 of {r['p@5']:.2f} means {r['p@5'] * 5:.1f} of the top 5 results share the query's class on average."]
-    pixel = {n: v for n, v in methods.items() if n.startswith("pixel-")}
+    parsed = {n: _parsed(n) for n in methods}
+    pixel = {n: v for n, v in methods.items() if _is_pixel(parsed[n])}
     size = report.get("pixel_size", "?")
-    if not best.startswith("pixel-") and pixel:
+    won = parsed[best]
+    if won is not None and won.pixel:
+        out.append(f"Among pixel metrics {won.metric} does best here: it {METRIC_WHY.get(won.metric, '')}. "
+                   "An index built with a deep model (efficientnet-lite0 or CLIP) does far better.")
+    elif pixel:
         bp, bv = max(pixel.items(), key=lambda kv: kv[1]["map"])
         out.append(
             f"The best pixel metric, {bp}, reaches {bv['map']:.3f}, so the deep features are "
@@ -87,13 +77,10 @@ def explain_winner(report: dict[str, Any]) -> str:
             f"{size}×{size} thumbnail: a photo matches others with similar colours and layout, whatever they show. "
             f"Deep features ({report.get('model')}) describe shapes, textures and object parts learned from "
             "millions of photos, so two different photos of the same kind of thing land close together.")
-    else:
-        metric = best.split("-")[-1]
-        out.append(f"Among pixel metrics {metric} does best here: it {METRIC_WHY.get(metric, '')}. "
-                   "An index built with a deep model (`--model effnet` or CLIP) does far better.")
     for name, v in methods.items():
-        if "-hnsw-" in name:
-            exact = name.replace("-hnsw-", "-")
+        method = parsed[name]
+        if method is not None and method.hnsw:
+            exact = str(method.exact())
             if exact in methods:
                 out.append(f"{name} (Chroma's approximate HNSW graph) scores {v['map']:.3f} against "
                            f"{methods[exact]['map']:.3f} for exact {exact}: at this library size it finds "
@@ -102,21 +89,34 @@ def explain_winner(report: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
+def _parsed(name: str) -> Method | None:
+    """A method name from evaluation.json; None for one outside the grammar (a hand edit), which the
+    explanation then leaves out rather than failing the tab."""
+    try:
+        return Method.parse(name)
+    except LookalikeError:
+        return None
+
+
+def _is_pixel(method: Method | None) -> bool:
+    return method is not None and method.pixel
+
+
 def evaluation_markdown(index: LookalikeIndex) -> str:
     """The Evaluation tab; a malformed evaluation.json gives a note there, never a failed start."""
     path = Path(index.index_dir) / EVALUATION
     try:
         raw = json.loads(path.read_text("utf-8")) if path.is_file() else None
     except (OSError, ValueError) as exc:
-        return _malformed_note(index.index_dir, f"not readable JSON: {type(exc).__name__}")
+        return _malformed_note(f"not readable JSON: {type(exc).__name__}")
     problem = evaluation_problem(raw) if raw is not None else None
     if problem:
-        return _malformed_note(index.index_dir, problem)
+        return _malformed_note(problem)
     try:
         return _evaluation_markdown(index)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
         log.warning("malformed %s: %r", path, exc)
-        return _malformed_note(index.index_dir, f"{type(exc).__name__}: {exc}")
+        return _malformed_note(f"{type(exc).__name__}: {exc}")
 
 
 def _evaluation_markdown(index: LookalikeIndex) -> str:
@@ -133,9 +133,7 @@ def _evaluation_markdown(index: LookalikeIndex) -> str:
                 f"{report.get('folds', '?')} folds (class-stratified, seed {report.get('seed', '?')}); a result is "
                 f"relevant when it has the query's class.\n\n{format_table(report)}\n\n{explain_winner(report)}")
     if report is None:
-        return (f"No `{EVALUATION}` in the index folder. Write it with "
-                f"`python -m retrieval evaluate --index {shown_path(index.index_dir)} --save` "
-                "(or rebuild the index without `--no-eval`).")
+        return f"No `{EVALUATION}` in the index folder: the index was built without its evaluation. {EVALUATE_AGAIN}"
     return kfold_markdown(report) + (
             f"### Test split as queries\n\nEvery test image is a query against the train library; a result is relevant when it has "
             f"the query's class. P@k is the share of relevant results in the top k; mAP averages precision "
@@ -215,11 +213,11 @@ def about_markdown(index: LookalikeIndex, test_counts: Counter) -> str:
         rows = f"| (unlabelled) | {len(m.items)} | {sum(test_counts.values())} |"
     credits = credits_markdown(index.data_dir)
     emb = m.embedder
-    model = (f"`{emb['spec']}`: {emb['dim']}-d vectors, "
-             f"{'with' if emb.get('has_text') else 'no'} text encoder" if emb else "none (pixel-only index)")
-    chroma = f"Chroma collections `{m.chroma['prefix']}-*` ({m.chroma['mode']})" if m.chroma else "no Chroma collections"
+    model = (f"`{emb.spec}`: {emb.dim}-d vectors, "
+             f"{'with' if emb.has_text else 'no'} text encoder" if emb else "none (pixel-only index)")
+    chroma = f"Chroma collections `{m.chroma.prefix}-*` ({m.chroma.mode})" if m.chroma else "no Chroma collections"
     versions = ", ".join(f"{k} {v}" for k, v in m.versions.items())
-    build_model = emb["source"] if emb else "none"
+    build_model = f"with the same model (`{emb.spec}`)" if emb else "(pixels only, or with a model for deep search)"
     return f"""### Library
 {_library_line(m.items, train, test_counts)}
 
@@ -237,12 +235,9 @@ def about_markdown(index: LookalikeIndex, test_counts: Counter) -> str:
 Built with {versions}.
 
 ### Rebuild
-```
-python build_index.py sample --out data            # the offline sample library (or use any folder of photos)
-python build_index.py index --data {shown_path(index.data_dir)} --index {shown_path(index.index_dir)} --model {build_model}
-python app.py --index index
-```
-Re-running `index` re-embeds only new or changed images. Methods: {', '.join(f'`{x}`' for x in index.methods)}."""
+When the library changes, whoever runs this app rebuilds the index {build_model} and restarts
+the app; a rebuild re-embeds only new or changed images. The README's *Your own photos* section
+says how. Methods: {', '.join(f'`{x}`' for x in index.methods)}."""
 
 
 def library_examples(index: LookalikeIndex, n: int = 10) -> list[str]:

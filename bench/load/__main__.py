@@ -1,6 +1,7 @@
 """`python -m bench.load ...`: the crowd load test (bench/load/crowd.py)."""
 import sys
 
-from .crowd import main
+from ..common import cli
+from .crowd import run, summary
 
-sys.exit(main())
+sys.exit(cli(run, summary=summary))

@@ -24,12 +24,13 @@ from pathlib import Path
 
 
 from retrieval.library import scan_split
+from retrieval.methods import PIXEL_DEFAULT
 from retrieval.search import LookalikeIndex
 
 from ..common import free_port, machine_info, median_ms, p95_ms, sample_library, timed
 from .soak import effnet_index, start_server
 
-ENDPOINTS = {"pixel": ("/search_pixel", "l1", "pixel-l1"), "deep": ("/search_deep", None, None)}
+ENDPOINTS = {"pixel": ("/search_pixel", PIXEL_DEFAULT.metric, str(PIXEL_DEFAULT)), "deep": ("/search_deep", None, None)}
 
 
 def wait_for_model(url: str, t_start: float, timeout_s: float = 300) -> tuple[float, str]:
@@ -87,7 +88,7 @@ def main() -> int:
     if index_dir is None:
         index_dir = effnet_index(Path(tmp.name), data, evaluate=True)   # the app shows its Evaluation tab
     index = LookalikeIndex.open(index_dir, data_dir=Path(data))
-    deep = f"{index.manifest.embedder['name']}-cosine" if index.manifest.embedder else None
+    deep = str(index.default_method) if index.manifest.embedder else None
     ENDPOINTS["deep"] = ("/search_deep", deep, deep)
     queries = [it.path(Path(data)) for it in scan_split(Path(data), "test")]
     print(f"# app latency: {machine_info()}")
@@ -118,7 +119,7 @@ def main() -> int:
         for kind, (api, arg, method) in ENDPOINTS.items():
             if method is None:
                 continue
-            base = timed(lambda: [index.search(q, method, 5) for q in queries[:10]], repeat=3)
+            base = timed(lambda m=method: [index.search(q, m, 5) for q in queries[:10]], repeat=3)
             base_ms = median_ms(base) / 10
             for n in args.clients:
                 for download in (True, False):

@@ -3,30 +3,20 @@
     python -m bench.load [--index DIR] [--clients 40] [--seconds 30] [--interval S] [--bound S|off] [--json OUT]
 
 Starts the real `python app.py --index INDEX` on 127.0.0.1 (without --index: builds an effnet index of
-the sample library first), warms it up, then runs `--clients` visitors for `--seconds`. Each visitor
-owns one gradio_client.Client and sends requests, one of (at random, equally often):
-  pixel    /search_pixel, a random plain metric and k
-  deep     /search_deep, a random exact or HNSW method
-  compare  /compare, one query through every method (the slowest endpoint)
-By default a visitor waits for each answer and then asks again at once, or `--retry-pause` seconds
-after a refusal (a closed loop: 40 visitors never have more than 40 requests in flight). With
-`--interval S` each visitor asks every S seconds on average whether or not its earlier requests
-were answered (an open stream of arrivals, as from many independent visitors: this is what
-overloads a server). After `--seconds` no visitor starts a new request; the ones in flight are
-waited for, each at most `--request-timeout` seconds, so the run always stops by itself.
-`--bound SECONDS|off` sets the app's wait bound for the run (an A/B of the bound against Gradio's
-plain queue, back to back, on the same machine).
+the sample library first), warms it up, then runs `--clients` visitors for `--seconds`, each with its
+own gradio_client.Client, sending pixel, deep and compare requests (equally often). A visitor waits
+for each answer, then asks again at once, or `--retry-pause` seconds after a refusal (a closed
+loop); with `--interval S` it asks every S seconds on average, answered or not (an open stream of
+arrivals: what overloads a server). Requests in flight at the end are waited for, each at most
+`--request-timeout` seconds. `--bound SECONDS|off` sets the app's wait bound for the run.
 
-Every request ends as one of: answered (pixel and deep rows must equal LookalikeIndex.rank computed
-here, as in bench.load.soak), refused (the app said it is busy: HTTP 503 "queue full", which gradio_client
-raises as QueueError, or an error whose message says "busy"), error (anything else), or timeout.
-Reported, per endpoint and overall: for answered requests the wait (from submit until the server
-started it: upload and queue, seen by polling the job's status every 50 ms) and the time to answer
-(wait + service, as the visitor sees it), p50/p95/max; how soon refusals arrive; the share refused.
+Every request ends answered (pixel and deep rows must equal LookalikeIndex.rank computed here),
+refused (the app said it is busy), error, or timeout. Reported, per endpoint and overall: the wait
+of answered requests (from submit until the server started it) and their time to answer, p50/p95/
+max; how soon refusals arrive; the share refused. More: docs/reliability.md, "When the app is busy".
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -38,13 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
-
-from ..common import free_port, machine_info, median_ms, p95_ms, stop_process
 from webui.admission import WAIT_ENV
 
-from .soak import KS, Expected, effnet_index, is_refusal, server_tracebacks, start_server
+from ..common import cli, free_port, machine_info, median_ms, p95_ms, stop_process
+from .soak import KS, Expected, effnet_index, is_refusal, query_images, server_tracebacks, start_server
 
 REQUEST_TIMEOUT_S = 600.0     # one request's longest wait here; bounds the run's length
 POLL_S = 0.05                 # how often a visitor looks whether its request has started
@@ -85,15 +73,14 @@ class Load:
     def _ask(self, client: Any, kind: str, rng: random.Random) -> tuple[str | None, float]:
         """Send one request and wait for it; returns (what was wrong with the answer or None, its wait)."""
         from gradio_client import handle_file
-        exp = self.expected
-        query, k = rng.choice(exp.queries), rng.choice(KS)
+        k = rng.choice(KS)
         if kind == "compare":
+            query = rng.choice(self.expected.queries)
             out, wait = self._result(client.submit(handle_file(str(query)), k, api_name="/compare"))
             return (None if out[2] else "no rows"), wait
-        method = rng.choice(exp.pixel if kind == "pixel" else exp.deep)
-        arg = method.removeprefix("pixel-") if kind == "pixel" else method
-        (_, _, rows), wait = self._result(client.submit(handle_file(str(query)), arg, k, api_name=f"/search_{kind}"))
-        return exp.check((str(query), method, k), rows), wait
+        job, key = self.expected.submit(client, rng, kind, k)
+        (_, _, rows), wait = self._result(job)
+        return self.expected.check(key, rows), wait
 
     def one(self, client: Any, rng: random.Random) -> str:
         """One request, recorded; returns its outcome."""
@@ -154,27 +141,26 @@ def summarise(outcomes: list[tuple[str, str, float, float]]) -> dict[str, Any]:
     return {"all": of(None), **{k: of(k) for k in sorted({k for k, _, _, _ in outcomes})}}
 
 
-def _queries(opened: LookalikeIndex) -> list[Path]:
-    queries = [it.path(opened.data_dir) for it in scan_split(opened.data_dir, "test")]
-    return queries[:12] + [opened.paths[i] for i in range(0, len(opened.paths), max(1, len(opened.paths) // 4))]
-
-
 def run(index: Path | None = None, clients: int = 40, seconds: float = 30.0, seed: int = 0,
-        timeout_s: float = REQUEST_TIMEOUT_S, interval: float = 0.0, bound: str | None = None,
-        retry_pause_s: float = RETRY_PAUSE_S) -> dict[str, Any]:
+        request_timeout: float = REQUEST_TIMEOUT_S, interval: float = 0.0, bound: str | None = None,
+        retry_pause: float = RETRY_PAUSE_S) -> dict[str, Any]:
     """Build (if needed) and serve the index, run the visitors, and return the figures. `bound`:
     the app's wait bound (LOOKALIKE_MAX_WAIT_S: seconds or "off"); None keeps the app's own."""
+    if not 1 <= clients <= 200 or not 0 < seconds <= 600 or not 0 < request_timeout <= 3600 \
+            or not 0 <= interval <= 600 or not 0 <= retry_pause <= 600:
+        raise SystemExit("--clients must be 1..200, --seconds 0..600, --request-timeout 0..3600, "
+                         "--interval and --retry-pause 0..600")
     with tempfile.TemporaryDirectory(prefix="lookalike-load-") as tmp:
         work = Path(tmp)
         index = index or effnet_index(work)
         opened = LookalikeIndex.open(index)
-        expected = Expected(opened, _queries(opened))
+        expected = Expected(opened, query_images(opened))
         log_path = work / "app.log"
         port = free_port()
         proc = start_server(Path(index), port, log_path, env={WAIT_ENV: bound} if bound else None)
         url = f"http://127.0.0.1:{port}/"
         try:
-            load = Load(url, expected, timeout_s, retry_pause_s)
+            load = Load(url, expected, request_timeout, retry_pause)
             from gradio_client import Client, handle_file
             warm = Client(url, verbose=False, download_files=False)
             warm.predict(handle_file(str(expected.queries[0])), 5, api_name="/compare")   # model + Chroma load
@@ -188,37 +174,15 @@ def run(index: Path | None = None, clients: int = 40, seconds: float = 30.0, see
         server_log = log_path.read_text(errors="replace")
     tracebacks, last_lines = server_tracebacks(server_log)
     return {"machine": machine_info(), "index": str(index), "clients": clients, "interval_s": interval,
-            "retry_pause_s": retry_pause_s,
+            "retry_pause_s": retry_pause,
             "wait_bound": bound or "the app's default", "load_seconds": seconds,
             "wall_seconds": round(wall, 1), "server_tracebacks": tracebacks,
             "server_traceback_kinds": last_lines[:5], **summarise(load.outcomes),
             "examples": dict(load.examples)}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", type=Path, default=None, help="a built index (default: build an effnet index "
-                                                            "of the sample library in a temp folder)")
-    p.add_argument("--clients", type=int, default=40, help="concurrent visitors (default 40)")
-    p.add_argument("--seconds", type=float, default=30.0, help="how long visitors start requests (default 30)")
-    p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
-                   help=f"longest wait for one answer (default {REQUEST_TIMEOUT_S:.0f} s)")
-    p.add_argument("--interval", type=float, default=0.0,
-                   help="0 (default): each visitor waits for its answer, then asks again; > 0: each visitor "
-                        "asks every INTERVAL s on average, answered or not")
-    p.add_argument("--retry-pause", type=float, default=RETRY_PAUSE_S,
-                   help=f"closed loop: seconds a refused visitor waits before asking again (default {RETRY_PAUSE_S:g})")
-    p.add_argument("--bound", default=None, help="the app's wait bound for this run: seconds, or off "
-                                                  f"(sets {WAIT_ENV}; default: the app's own)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
-    args = p.parse_args()
-    if not 1 <= args.clients <= 200 or not 0 < args.seconds <= 600 or not 0 < args.request_timeout <= 3600 \
-            or not 0 <= args.interval <= 600 or not 0 <= args.retry_pause <= 600:
-        p.error("--clients must be 1..200, --seconds 0..600, --request-timeout 0..3600, "
-                "--interval and --retry-pause 0..600")
-    res = run(args.index, args.clients, args.seconds, args.seed, args.request_timeout, args.interval, args.bound,
-              args.retry_pause)
+def summary(res: dict[str, Any]) -> int:
+    """Print the figures and a line of them; exit status 1 on any error, wrong answer or timeout."""
     print(json.dumps(res, indent=1))
     a = res["all"]
     w, t = a["answered_wait_s"], a["answered_time_s"]
@@ -227,10 +191,8 @@ def main() -> int:
           f"time to answer p95 {t.get('p95_s')} s, max {t.get('max_s')} s), "
           f"{a['refused']} refused ({100 * (a['refused_share'] or 0):.0f}%), "
           f"{a['error']} errors, {a['timeout']} timeouts, {a['wrong']} wrong")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
     return 0 if a["error"] == a["wrong"] == a["timeout"] == res["server_tracebacks"] == 0 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(run, summary=summary))

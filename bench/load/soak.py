@@ -1,30 +1,18 @@
 """Soak test: concurrent gradio_client users mixing every endpoint against a local `app.py`.
 
-    python -m bench.load.soak [--index DIR] [--clients 20] [--seconds 60] [--json OUT]
+    python -m bench.load.soak [--index DIR] [--clients 20] [--seconds 60] [--max-requests 5000] [--json OUT]
 
 Starts the real `python app.py --index INDEX` on 127.0.0.1 (without --index: builds an effnet index
-of the sample library in a temporary folder first), warms it up (the first deep and HNSW queries load
-the model and Chroma), then runs `--clients` user threads for `--seconds`. Each user owns one
-gradio_client.Client and picks, at random, one of:
-  pixel   /search_pixel, a random metric and k, a test-split or library image
-  deep    /search_deep, a random exact or HNSW method (indexes with embeddings)
-  text    /search_text, a random prompt (indexes whose model has a text encoder)
-  bad     a text file or a truncated JPEG uploaded to an image endpoint: the answer must be the
-          library's error message
-  file    GET /gradio_api/file= of a result image (bytes must equal the library file) and of
-          /etc/passwd (must be refused)
-Every answer is checked: search rows must equal LookalikeIndex.rank on the same index in this
-process (same files in the same order, same scores), computed before the load starts. Requests are
-bounded (--max-requests per user, a timeout per request) and everything stops by itself.
-A "busy, try again" refusal (the app's bound on queue waits, webui.admission) is counted and
-reported apart, not as an error. Reported: requests served per kind, errors (exceptions), wrong
-answers, refusals, p50/p95/max latency, and the server's memory (VmRSS after warm-up and at the
-end, VmHWM peak) read from /proc. Tracebacks in the server log count as errors. Exit status 1 when
-anything failed.
+of the sample library first), warms it up, then runs `--clients` users for `--seconds`, each
+sending at random: pixel and deep searches, text searches (CLIP indexes), bad uploads (a text file,
+a truncated JPEG) and file downloads (a library image, and /etc/passwd, which must be refused).
+Every search answer must equal LookalikeIndex.rank computed here beforehand; a bad upload must get
+its own message. Busy refusals (webui.admission) are counted apart. Reported: requests per kind,
+errors, wrong answers, latencies, the server's memory; exit status 1 when anything failed. More:
+docs/reliability.md, "Concurrent users". The shared parts of the load tests live here too.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -45,7 +33,8 @@ from retrieval.images import load_image
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 
-from ..common import ROOT, free_port, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library, stop_process
+from ..common import (ROOT, cli, free_port, hwm_mb, machine_info, median_ms, p95_ms, rss_mb, sample_library,
+                      stop_process, wait_for_http)
 
 KS = (1, 5, 10)
 PROMPTS = ("a red apple", "a bird on a branch", "a planet in space", "a wooden tool", "a flower")
@@ -70,18 +59,11 @@ def start_server(index: Path, port: int, log_path: Path, timeout_s: float = 180,
            "--port", str(port)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
-                return proc
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"app.py did not answer within {timeout_s} s")
+    try:
+        wait_for_http(proc, f"http://127.0.0.1:{port}/", timeout_s, "app.py")
+    except RuntimeError as exc:
+        raise SystemExit(f"{exc}: {log_path.read_text()[-2000:]}") from None
+    return proc
 
 
 def effnet_index(folder: Path, data: Path | None = None, evaluate: bool = False) -> Path:
@@ -93,11 +75,45 @@ def effnet_index(folder: Path, data: Path | None = None, evaluate: bool = False)
     return index
 
 
+def warm_up(url: str, query: Path, methods: list[str], timeout_s: float = 300) -> float:
+    """One deep query per method (the first deep and HNSW queries load the model and Chroma), each
+    sent again while the app's own warm-up still loads the model; returns the seconds it took."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    client = Client(url, verbose=False, download_files=False)
+    t0 = time.perf_counter()
+    for method in methods:
+        while True:
+            try:
+                client.predict(handle_file(str(query)), method, 5, api_name="/search_deep")
+                break
+            except AppError as exc:
+                if "still loading" not in str(exc) or time.perf_counter() - t0 > timeout_s:
+                    raise
+                time.sleep(0.5)
+    return time.perf_counter() - t0
+
+
 def server_tracebacks(log: str) -> tuple[int, list[str]]:
     """How many tracebacks a server log holds, and their distinct exception lines."""
     blocks = log.split("Traceback (most recent call last)")[1:]
     return len(blocks), sorted({next((ln for ln in b.splitlines()[1:] if ln and not ln[0].isspace()), "")[:200]
                                 for b in blocks})
+
+
+def query_images(opened: LookalikeIndex) -> list[Path]:
+    """Twelve test-split images and a few library images (whose own row a search leaves out)."""
+    queries = [it.path(opened.data_dir) for it in scan_split(opened.data_dir, "test")]
+    return queries[:12] + [opened.paths[i] for i in range(0, len(opened.paths), max(1, len(opened.paths) // 4))]
+
+
+def sample_rss(pid: int, stop: threading.Event, every: float, out: list[tuple[float, float]]) -> None:
+    """(seconds since start, VmRSS MB) of a process every `every` seconds until `stop` is set."""
+    t0 = time.monotonic()
+    while not stop.wait(every):
+        mb = rss_mb(pid)
+        if mb is not None:
+            out.append((time.monotonic() - t0, mb))
 
 
 class Expected:
@@ -107,8 +123,8 @@ class Expected:
         self.index = index
         self.queries = queries
         # The Pixel tab offers the four plain metrics; re-ranked pixel methods live in the Compare tab.
-        self.pixel = [m for m in index.methods if m.startswith("pixel-") and "+" not in m]
-        self.deep = [m for m in index.methods if not m.startswith("pixel-")]
+        self.pixel = [str(m) for m in index.offered if m.pixel and not m.reranked]
+        self.deep = [str(m) for m in index.offered if not m.pixel]
         self.prompts = list(PROMPTS) if index.has_text else []
         self.answers: dict[tuple[str, str, int], list[tuple[str, float]]] = {}
         images = [load_image(q) for q in queries]
@@ -125,6 +141,18 @@ class Expected:
                     hits, _ = index.search_text(prompt, name, k)
                     self.answers[(prompt, name, k)] = [(h.rel, h.score) for h in hits]
 
+    def argument(self, method: str) -> str:
+        """What the page sends for a method: the Pixel tab its metric, the deep tab the method's name."""
+        parsed = self.index.parse_method(method)
+        return parsed.metric if parsed.pixel else method
+
+    def submit(self, client: Any, rng: random.Random, kind: str, k: int) -> tuple[Any, tuple[str, str, int]]:
+        """Send a random query to /search_pixel or /search_deep (`kind`): its job and its answer's key."""
+        from gradio_client import handle_file
+        query, method = rng.choice(self.queries), rng.choice(self.pixel if kind == "pixel" else self.deep)
+        job = client.submit(handle_file(str(query)), self.argument(method), k, api_name=f"/search_{kind}")
+        return job, (str(query), method, k)
+
     def check(self, key: tuple[str, str, int], rows: list[dict[str, Any]]) -> str | None:
         """None when the rows are the expected answer, else what differs."""
         want = self.answers[key]
@@ -136,29 +164,43 @@ class Expected:
         return None
 
 
-class Soak:
-    def __init__(self, url: str, expected: Expected, bad_files: dict[str, Path], seed: int) -> None:
-        self.url, self.expected, self.bad_files = url, expected, bad_files
-        self.rng = random.Random(seed)
+class Tally:
+    """What happened to the requests, from many threads: seconds per kind, wrong answers, errors,
+    and busy refusals (the app's bound on queue waits, webui.admission: counted apart, not failures)."""
+
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: list[str] = []
         self.wrong: list[str] = []
         self.refused = 0
-        kinds = ["pixel", "pixel", "file", "bad"]
-        if expected.deep:
-            kinds += ["deep", "deep"]
-        if expected.prompts:
-            kinds += ["text"]
-        self.kinds = kinds
 
-    def _record(self, kind: str, seconds: float, error: str | None = None, wrong: str | None = None) -> None:
+    def note(self, kind: str, seconds: float, wrong: str | None = None, error: str | None = None) -> None:
         with self.lock:
             self.latency[kind].append(seconds)
             if error:
                 self.errors.append(f"{kind}: {error}")
             if wrong:
                 self.wrong.append(f"{kind}: {wrong}")
+
+    def failed(self, kind: str, t0: float, exc: Exception) -> None:
+        """A request that raised: a busy refusal, or an error (counted and reported, never hidden)."""
+        if is_refusal(exc):
+            with self.lock:
+                self.refused += 1
+        else:
+            self.note(kind, time.perf_counter() - t0, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+class Soak(Tally):
+    def __init__(self, url: str, expected: Expected, bad_files: dict[str, Path]) -> None:
+        super().__init__()
+        self.url, self.expected, self.bad_files = url, expected, bad_files
+        self.kinds = ["pixel", "pixel", "file", "bad"]
+        if expected.deep:
+            self.kinds += ["deep", "deep"]
+        if expected.prompts:
+            self.kinds += ["text"]
 
     def one(self, client: Any, rng: random.Random) -> None:
         from gradio_client import handle_file
@@ -170,15 +212,13 @@ class Soak:
         t0 = time.perf_counter()
         try:
             if kind in ("pixel", "deep"):
-                query = rng.choice(exp.queries)
-                method = rng.choice(exp.pixel if kind == "pixel" else exp.deep)
-                arg = method.removeprefix("pixel-") if kind == "pixel" else method
-                job = client.submit(handle_file(str(query)), arg, k, api_name=f"/search_{kind}")
+                job, key = exp.submit(client, rng, kind, k)
                 _, status, rows = job.result(timeout=REQUEST_TIMEOUT_S)
-                wrong = exp.check((str(query), method, k), rows) or (None if method in status else f"status {status!r}")
+                wrong = exp.check(key, rows) or (None if key[1] in status else f"status {status!r}")
             elif kind == "text":
                 prompt, method = rng.choice(exp.prompts), rng.choice(exp.deep)
-                _, status, rows = client.submit(prompt, method, k, api_name="/search_text").result(timeout=REQUEST_TIMEOUT_S)
+                job = client.submit(prompt, method, k, api_name="/search_text")
+                _, status, rows = job.result(timeout=REQUEST_TIMEOUT_S)
                 wrong = exp.check((prompt, method, k), rows)
             elif kind == "bad":
                 message, path = rng.choice(list(self.bad_files.items()))
@@ -198,13 +238,9 @@ class Soak:
                     wrong = f"{rel}: HTTP {got.status_code}, {len(got.content)} bytes"
                 elif refused.status_code != 403:
                     wrong = f"/etc/passwd answered HTTP {refused.status_code}"
-            self._record(kind, time.perf_counter() - t0, wrong=wrong)
+            self.note(kind, time.perf_counter() - t0, wrong=wrong)
         except Exception as exc:  # counted and reported, never hidden
-            if is_refusal(exc):   # "busy, try again": the app's wait bound (webui.admission), not a failure
-                with self.lock:
-                    self.refused += 1
-                return
-            self._record(kind, time.perf_counter() - t0, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            self.failed(kind, t0, exc)
 
     def user(self, seed: int, deadline: float, max_requests: int) -> int:
         from gradio_client import Client
@@ -217,14 +253,6 @@ class Soak:
         return n
 
 
-def _sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, float]]) -> None:
-    t0 = time.monotonic()
-    while not stop.wait(0.5):
-        mb = rss_mb(pid)
-        if mb is not None:
-            out.append((time.monotonic() - t0, mb))
-
-
 def _bad_files(folder: Path, some_jpeg: Path) -> dict[str, Path]:
     text = folder / "notes.jpg"
     text.write_text("this is a text file renamed to .jpg\n")
@@ -234,37 +262,42 @@ def _bad_files(folder: Path, some_jpeg: Path) -> dict[str, Path]:
     return {"not an image": text, "corrupt or truncated": truncated}
 
 
+def server_memory(samples: list[tuple[float, float]], seconds: float, warm: float | None, end: float | None,
+                  peak: float | None) -> dict[str, Any]:
+    """The server's RSS after warm-up, at the end, its peak, and the highest in each half and each
+    tenth of the run: a leak shows as a steady climb."""
+    def top(lo: float, hi: float) -> float:
+        return round(max((mb for t, mb in samples if lo < t <= hi), default=float("nan")), 1)
+    tenth = seconds / 10
+    return {"after_warmup": round(warm or 0, 1), "end": round(end or 0, 1), "peak_hwm": round(peak or 0, 1),
+            "max_first_half": top(-1, seconds / 2), "max_second_half": top(seconds / 2, float("inf")),
+            "max_per_tenth": [top(i * tenth, (i + 1) * tenth) for i in range(10)]}
+
+
 def run(index: Path | None = None, clients: int = 20, seconds: float = 60.0, max_requests: int = 5000,
-        seed: int = 0, work: Path | None = None) -> dict[str, Any]:
+        seed: int = 0) -> dict[str, Any]:
     """Build (if needed) and serve the index, run the users, and return the figures."""
+    if not 1 <= clients <= 200 or not 0 < seconds <= 3600:
+        raise SystemExit("--clients must be 1..200 and --seconds 0..3600")
     with tempfile.TemporaryDirectory(prefix="lookalike-soak-") as tmp:
-        work = Path(work or tmp)
+        work = Path(tmp)
         index = index or effnet_index(work)
         opened = LookalikeIndex.open(index)
-        queries = [it.path(opened.data_dir) for it in scan_split(opened.data_dir, "test")]
-        queries = queries[:12] + [opened.paths[i] for i in range(0, len(opened.paths), max(1, len(opened.paths) // 4))]
+        queries = query_images(opened)
         t0 = time.perf_counter()
         expected = Expected(opened, queries)
         print(f"expected answers: {len(expected.answers)} in {time.perf_counter() - t0:.1f} s", flush=True)
         bad = _bad_files(work, next(q for q in queries if q.suffix.lower() in (".jpg", ".jpeg")))
-
-        port = free_port()
-        log_path = work / "app.log"
+        port, log_path = free_port(), work / "app.log"
         proc = start_server(Path(index), port, log_path)
-        url = f"http://127.0.0.1:{port}/"
+        soak = Soak(f"http://127.0.0.1:{port}/", expected, bad)
         samples: list[tuple[float, float]] = []
         stop = threading.Event()
-        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, samples), daemon=True)
         try:
-            soak = Soak(url, expected, bad, seed)
-            from gradio_client import Client, handle_file
-            warm = Client(url, verbose=False, download_files=False)
-            t0 = time.perf_counter()
-            for method in expected.deep[:1] + [m for m in expected.deep if "-hnsw-" in m][:1]:
-                warm.predict(handle_file(str(queries[0])), method, 5, api_name="/search_deep")
-            warmup_s = time.perf_counter() - t0
+            hnsw = [m for m in expected.deep if opened.parse_method(m).hnsw]
+            warmup_s = warm_up(soak.url, queries[0], expected.deep[:1] + hnsw[:1])
             rss_start = rss_mb(proc.pid)
-            sampler.start()
+            threading.Thread(target=sample_rss, args=(proc.pid, stop, 0.5, samples), daemon=True).start()
             deadline = time.monotonic() + seconds
             t0 = time.perf_counter()
             with ThreadPoolExecutor(clients, thread_name_prefix="user") as pool:
@@ -274,16 +307,8 @@ def run(index: Path | None = None, clients: int = 20, seconds: float = 60.0, max
         finally:
             stop.set()
             stop_process(proc)
-        server_log = log_path.read_text(errors="replace")
-        tracebacks, _ = server_tracebacks(server_log)
-
+        tracebacks, _ = server_tracebacks(log_path.read_text(errors="replace"))
     all_lat = [x for v in soak.latency.values() for x in v]
-    half = seconds / 2
-    first = max((mb for t, mb in samples if t <= half), default=float("nan"))
-    second = max((mb for t, mb in samples if t > half), default=float("nan"))
-    tenth = seconds / 10   # the highest RSS in each tenth of the run: a leak shows as a steady climb
-    timeline = [round(max((mb for t, mb in samples if i * tenth < t <= (i + 1) * tenth), default=float("nan")), 1)
-                for i in range(10)]
     return {
         "machine": machine_info(), "index": str(index), "library": len(opened.rels),
         "clients": clients, "seconds": round(wall, 1), "requests": sum(counts),
@@ -296,25 +321,12 @@ def run(index: Path | None = None, clients: int = 20, seconds: float = 60.0, max
         "refused_busy": soak.refused,
         "error_examples": soak.errors[:5], "wrong_examples": soak.wrong[:5],
         "warmup_s": round(warmup_s, 1),
-        "server_rss_mb": {"after_warmup": round(rss_start or 0, 1), "end": round(rss_end or 0, 1),
-                          "peak_hwm": round(peak or 0, 1), "max_first_half": round(first, 1),
-                          "max_second_half": round(second, 1), "max_per_tenth": timeline},
+        "server_rss_mb": server_memory(samples, seconds, rss_start, rss_end, peak),
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", type=Path, default=None, help="a built index (default: build an effnet index "
-                                                            "of the sample library in a temp folder)")
-    p.add_argument("--clients", type=int, default=20, help="concurrent users (default 20)")
-    p.add_argument("--seconds", type=float, default=60.0, help="length of the load phase (default 60)")
-    p.add_argument("--max-requests", type=int, default=5000, help="cap per user (default 5000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
-    args = p.parse_args()
-    if not 1 <= args.clients <= 200 or not 0 < args.seconds <= 3600:
-        p.error("--clients must be 1..200 and --seconds 0..3600")
-    res = run(args.index, args.clients, args.seconds, args.max_requests, args.seed)
+def summary(res: dict[str, Any]) -> int:
+    """Print the figures and a line of them; exit status 1 on any error or wrong answer."""
     print(json.dumps(res, indent=1))
     m = res["server_rss_mb"]
     print(f"\n{res['requests']} requests from {res['clients']} users in {res['seconds']} s "
@@ -322,10 +334,8 @@ def main() -> int:
           f"{res['refused_busy']} refused as busy; "
           f"p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms; server RSS {m['after_warmup']} MB after warm-up, "
           f"{m['end']} MB at the end, peak {m['peak_hwm']} MB")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
     return 0 if res["errors"] == 0 and res["wrong"] == 0 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(run, summary=summary))

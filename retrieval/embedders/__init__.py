@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import ImageError, ModelError
+from ..errors import ImageError, ModelError, Remedy
 from ..images import cap_aspect, flatten_to_rgb, load_image
 from .preprocessing import split_transform
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"   # reasoning: README.md, "Deep search"
+DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"   # why: docs/deep-search.md
 BACKBONE_NAMES = frozenset({"effnet", "efficientnet-lite0", "effnet:efficientnet-lite0"})
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
@@ -71,7 +71,7 @@ class Embedder(abc.ABC):
         self._models: dict[str, torch.nn.Module] = {self.precision: self.model}
         self.precision_record: dict[str, object] = {"requested": self.precision, "why": "default"}
         self.preprocess = preprocess
-        # Per image only the PIL steps; ToTensor + Normalize run once per batch in _embed.
+        # Per image only the PIL steps; ToTensor + Normalize run once per batch in embed_batch.
         self.split = split_transform(preprocess)
 
     def set_precision(self, precision: str) -> None:
@@ -92,7 +92,7 @@ class Embedder(abc.ABC):
     def warm(self) -> None:
         """One model call on a test card, so the first real query does not pay for first-call setup
         (oneDNN primitives, allocator growth): the app's warm-up calls it. The text tower too."""
-        self._embed(self.probe_batch(1))
+        self.embed_batch(self.probe_batch(1))
         if self.has_text:
             self.encode_text(["a photo"])
 
@@ -112,7 +112,7 @@ class Embedder(abc.ABC):
     def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
         raise ModelError(
             f"this model ({self.spec}) has no text encoder; text search needs a CLIP model, "
-            f"e.g. --model {DEFAULT_CLIP} (online) or --model ViT-B-32:/path/to/checkpoint.pt"
+            f"e.g. {DEFAULT_CLIP} (online) or ViT-B-32:/path/to/checkpoint.pt", remedy=Remedy.BUILD_WITH_CLIP
         )
 
     # -- shared behaviour --------------------------------------------------------------------
@@ -121,7 +121,7 @@ class Embedder(abc.ABC):
         img = img if img.mode == "RGB" else flatten_to_rgb(img)
         return self.split.to_uint8(img) if self.split else self.preprocess(cap_aspect(img))  # bounded resize
 
-    def _embed(self, batch: torch.Tensor) -> np.ndarray:
+    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
         """One model call on a stacked batch (uint8 from _prepare, or float already normalised)
         -> normalised float32 rows on the CPU."""
         step = len(batch) if self.device.type == "cuda" else self.cpu_batch
@@ -141,7 +141,7 @@ class Embedder(abc.ABC):
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            out.append(self._embed(torch.stack([self._prepare(im) for im in chunk])))
+            out.append(self.embed_batch(torch.stack([self._prepare(im) for im in chunk])))
         return np.concatenate(out)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -207,7 +207,7 @@ class Embedder(abc.ABC):
                     batch_in = torch.stack(tensors)
                     if self.device.type == "cuda":   # page-locked: the copy to the GPU runs asynchronously
                         batch_in = batch_in.pin_memory()
-                    yield ok, self._embed(batch_in)
+                    yield ok, self.embed_batch(batch_in)
                 batch = upcoming
         finally:
             bar.close()
@@ -239,7 +239,7 @@ def _build_embedder(spec: str | None, device: torch.device | str | None) -> Embe
             from .openclip import load_open_clip
             return load_open_clip(DEFAULT_CLIP, device=device)
         log.info("model: offline backbone efficientnet-lite0, because the default CLIP %s is "
-                 "unavailable (%s); pass --model to choose", DEFAULT_CLIP, why)
+                 "unavailable (%s); name a model to choose another", DEFAULT_CLIP, why)
         text = "effnet"
     if text.lower() in BACKBONE_NAMES:
         from .backbone import EffnetEmbedder

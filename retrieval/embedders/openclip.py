@@ -145,9 +145,9 @@ def _offline_message(model: str, tag: str, cfg: dict[str, Any], why: str) -> str
              else f"a download of {cfg.get('url')} into ~/.cache/clip")
     return (
         f"cannot load open_clip {model}:{tag}: {why}. Supply the weights one of these ways: "
-        f"(1) a local checkpoint: --model {model}:/path/to/open_clip_pytorch_model.bin; "
+        f"(1) a local checkpoint, as the model {model}:/path/to/open_clip_pytorch_model.bin; "
         f"(2) go online once (unset HF_HUB_OFFLINE) so open_clip downloads them, or pre-download with {fetch}; "
-        f"(3) use the offline image-only backbone: --model effnet"
+        f"(3) use the offline image-only backbone, the model effnet"
     )
 
 

@@ -67,7 +67,7 @@ def check_precision(precision: str | None) -> str:
 def _seconds(embedder: "Embedder", batch: torch.Tensor) -> tuple[float, float]:
     """(wall, CPU) seconds of one model call; CPU time covers all of the process's threads."""
     t0, c0 = time.perf_counter(), time.process_time()
-    embedder._embed(batch)
+    embedder.embed_batch(batch)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -86,7 +86,7 @@ def calibrate(embedder: "Embedder", batch: int = CALIBRATION_BATCH, repeats: int
     try:
         for p in wall:
             embedder.set_precision(p)
-            embedder._embed(x)
+            embedder.embed_batch(x)
         for _ in range(repeats):
             for p in wall:
                 embedder.set_precision(p)
@@ -182,7 +182,7 @@ def quality_check(embedder: "Embedder", paths: list, vectors: "np.ndarray", batc
                               "seconds": round(time.perf_counter() - t0, 2)}
     if overlap < bound:
         log.warning("bf16 vectors differ from fp32 more than expected: top-10 overlap %.3f on %d images "
-                    "(bound %.2f, mean cosine %.4f); rebuild with --precision fp32 if results look off",
+                    "(bound %.2f, mean cosine %.4f); rebuild in fp32 precision if results look off",
                     overlap, len(ok), bound, cosine)
     else:
         log.info("bf16 check: top-10 overlap with fp32 %.3f on %d images, mean cosine %.4f",

@@ -1,0 +1,187 @@
+"""The typed records inside a manifest: the embedder, the Chroma collections, the re-ranking.
+
+Each is parsed from the manifest's JSON once, when the manifest is read (`from_json` raises
+`Damaged` with what is wrong), and written back by `to_json` in the same layout, so indexes built
+before these types existed open unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from .metrics import METRICS
+from .rerank import Settings
+
+JsonDict = dict[str, Any]
+
+
+class Damaged(ValueError):
+    """A record's JSON is not what the build writes; the message says which field (the manifest
+    turns it into an IndexError_ with the manifest's path)."""
+
+
+def _text(raw: Mapping[str, Any], key: str, what: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value:
+        raise Damaged(f"the {what} record lacks {key}")
+    return value
+
+
+def _optional_text(raw: Mapping[str, Any], key: str, what: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise Damaged(f"the {what} record's {key} is {type(value).__name__}, not text")
+    return value
+
+
+def _object(raw: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise Damaged(f"the {what} record is {type(raw).__name__}, not an object")
+    return raw
+
+
+def _without_none(record: JsonDict) -> JsonDict:
+    return {k: v for k, v in record.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class EmbedderRecord:
+    """Which model made the embeddings, and where they are."""
+
+    spec: str                     # the model's full spec, e.g. ViT-B-32:laion2b_s34b_b79k
+    source: str                   # what the build was asked for (a spec, an alias or a checkpoint path)
+    name: str                     # the methods' prefix: "clip" or "effnet"
+    dim: int
+    has_text: bool
+    file: str                     # the embeddings array, in the index folder
+    precision: str = "fp32"       # fp32, bf16 or fp16 (retrieval.embedders.precision)
+    precision_choice: JsonDict | None = None   # why that precision
+    precision_check: JsonDict | None = None    # bf16 only: the build's comparison with fp32
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "EmbedderRecord":
+        raw = _object(raw, "embedder")
+        spec, name, file = (_text(raw, key, "embedder") for key in ("spec", "name", "file"))
+        dim = raw.get("dim")
+        if type(dim) is not int or dim < 1:
+            raise Damaged(f"the embedder's dim is {dim!r}, not a whole number")
+        precision = raw.get("precision", "fp32")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise Damaged(f"the embedder's precision is {precision!r}, not fp32, bf16 or fp16")
+        extra = {k: raw.get(k) for k in ("precision_choice", "precision_check")}
+        if any(v is not None and not isinstance(v, dict) for v in extra.values()):
+            raise Damaged("the embedder's precision records are not objects")
+        return cls(spec=spec, source=_optional_text(raw, "source", "embedder") or spec, name=name, dim=dim,
+                   has_text=bool(raw.get("has_text")), file=file, precision=precision, **extra)
+
+    def to_json(self) -> JsonDict:
+        return _without_none({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class ChromaRecord:
+    """Where the index's Chroma collections live and how their HNSW graphs were built."""
+
+    mode: Literal["embedded", "server"]
+    prefix: str                   # collections <prefix>-l2 and <prefix>-cosine
+    path: str | None = None       # embedded: the folder, inside the index folder
+    url: str | None = None        # server: the address it was built against
+    hnsw: dict[str, int] | None = None   # max_neighbors, ef_construction, ef_search
+    syncing: bool = False         # a build is changing the collections (or stopped while it did)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "ChromaRecord":
+        raw = _object(raw, "chroma")
+        prefix = _text(raw, "prefix", "chroma")
+        mode = raw.get("mode", "embedded")
+        if mode not in ("embedded", "server"):
+            raise Damaged(f"the chroma record's mode is {mode!r}, not embedded or server")
+        path, url = _optional_text(raw, "path", "chroma"), _optional_text(raw, "url", "chroma")
+        if mode == "embedded" and not path:
+            raise Damaged("the chroma record is embedded but names no folder")
+        hnsw = raw.get("hnsw")
+        if hnsw is not None and not (isinstance(hnsw, dict) and all(type(v) is int for v in hnsw.values())):
+            raise Damaged("the chroma record's hnsw settings are not whole numbers")
+        return cls(mode=mode, prefix=prefix, path=path, url=url, hnsw=hnsw, syncing=raw.get("syncing") is True)
+
+    @classmethod
+    def at(cls, url: str | None, prefix: str) -> "ChromaRecord":
+        """A new build's record: a server when given its address, else the embedded folder."""
+        return cls("server", prefix, url=url) if url else cls("embedded", prefix, path="chroma")
+
+    def same_place(self, other: "ChromaRecord") -> bool:
+        """The same collections (mode, address or folder, prefix), whatever their settings or state."""
+        return (self.mode, self.prefix, self.path, self.url) == (other.mode, other.prefix, other.path, other.url)
+
+    def location(self, index_dir: Path, url: str | None = None) -> tuple[Path | None, str | None]:
+        """(folder, address) to open: `url` (a server given at query time), else the recorded one,
+        else the embedded folder inside `index_dir`."""
+        url = url or self.url
+        return (None if url else Path(index_dir) / (self.path or "chroma"), url)
+
+    def marked_syncing(self) -> "ChromaRecord":
+        return replace(self, syncing=True)
+
+    def to_json(self) -> JsonDict:
+        out = _without_none({f.name: getattr(self, f.name) for f in fields(self)})
+        if not self.syncing:
+            out.pop("syncing")
+        return out
+
+
+@dataclass(frozen=True)
+class RerankSource:
+    """One vector source's re-ranking: its settings and its DBA array file."""
+
+    settings: Settings
+    dba_file: str
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "RerankSource":
+        raw = _object(raw, "re-ranking source")
+        settings = Settings.from_json(raw)
+        if settings.metric not in METRICS or type(settings.k) is not int or settings.k < 1 \
+                or not isinstance(settings.alpha, (int, float)) or isinstance(settings.alpha, bool) \
+                or not all(isinstance(x, bool) for x in (settings.sqrt, settings.flip)):
+            raise Damaged(f"a re-ranking source's settings are unusable ({settings})")
+        return cls(settings, _text(raw, "dba_file", "re-ranking source"))
+
+    def to_json(self) -> JsonDict:
+        return {**self.settings.to_json(), "dba_file": self.dba_file}
+
+
+@dataclass(frozen=True)
+class RerankRecord:
+    """Which sources are re-ranked (and how), which are not (and why), and the DBA collections."""
+
+    sources: dict[str, RerankSource] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)     # source -> why it has no re-ranking
+    mode: str = "auto"
+    chosen_by: str = ""
+    chroma_prefix: str | None = None                          # the DBA collections, when there are any
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "RerankRecord":
+        raw = _object(raw, "rerank")
+        sources, skipped = raw.get("sources", {}), raw.get("skipped", {})
+        sources, skipped = {} if sources is None else sources, {} if skipped is None else skipped
+        if not isinstance(sources, dict) or not isinstance(skipped, dict):
+            raise Damaged("the rerank record's sources or skipped are not objects")
+        return cls(sources={str(k): RerankSource.from_json(v) for k, v in sources.items()},
+                   skipped={str(k): str(v) for k, v in skipped.items()}, mode=str(raw.get("mode", "auto")),
+                   chosen_by=str(raw.get("chosen_by", "")),
+                   chroma_prefix=_optional_text(raw, "chroma_prefix", "rerank"))
+
+    def files(self) -> list[str]:
+        """Every index file this record names (so stale-file cleanup keeps them)."""
+        return [src.dba_file for src in self.sources.values()]
+
+    def metrics(self) -> dict[str, str]:
+        """Source -> the metric its re-ranked methods use."""
+        return {name: src.settings.metric for name, src in self.sources.items()}
+
+    def to_json(self) -> JsonDict:
+        return _without_none({"sources": {k: v.to_json() for k, v in self.sources.items()},
+                              "skipped": dict(self.skipped), "mode": self.mode, "chosen_by": self.chosen_by,
+                              "chroma_prefix": self.chroma_prefix})
