@@ -91,6 +91,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                                               for t in terms))
         _print_hits(hits, method, index.parse_method(method), secs, loaded, load_secs)
         return 0
+    if args.text is not None and not index.has_text:   # the helpful refusal, whatever --method names
+        index.search_text(args.text, None, args.k)
     method = args.method or str(PIXEL_DEFAULT if args.text is None else index.default_method)
     order = index.parse_method(method)
     # Loading the model (and Chroma) is reported apart from the query; a text query on an index
@@ -183,7 +185,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
         return 0
     what = "perceptual hash of the pixels" if report.kind == "phash" else f"{report.kind} embeddings"
-    print(f"# {len(report.groups)} groups of near-duplicates among {len(report.rels)} images "
+    groups = len(report.groups)
+    print(f"# {groups} group{'' if groups == 1 else 's'} of near-duplicates among {len(report.rels)} images "
           f"({what}, similarity >= {report.threshold:.3f})")
     for n, g in enumerate(report.groups, 1):
         sim = (f"{g.min_similarity:.3f}" if g.min_similarity == g.max_similarity

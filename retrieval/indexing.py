@@ -216,7 +216,7 @@ def _evaluate(index_dir: Path, summary: dict[str, Any]) -> None:
         log.info("evaluation: %s", result.note)
         summary["evaluation_note"] = result.note
     if result.report is None:
-        log.info("evaluation skipped: %s", result.skipped)
+        log.debug("evaluation skipped: %s", result.skipped)   # the front end says it (cli.cmd_index)
         summary["evaluation_skipped"] = result.skipped
         return
     evaluation_file.write(index_dir, result.report)

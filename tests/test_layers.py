@@ -142,3 +142,27 @@ def test_no_command_line_words_in_core_messages():
     bad = [f"{f.relative_to(ROOT).as_posix()}:{line}: {word}" for f in sorted((ROOT / "retrieval").rglob("*.py"))
            if f.relative_to(ROOT).as_posix() not in CLI_MODULES for line, word in cli_words(f)]
     assert not bad, "command-line words in core strings (raise with a Remedy instead):\n" + "\n".join(bad)
+
+
+# -- small pieces ---------------------------------------------------------------------------------
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`name (lines)` of every function or method of a file longer than `limit` lines."""
+    return [f"{n.name} ({n.end_lineno - n.lineno + 1})" for n in ast.walk(ast.parse(path.read_text("utf-8")))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno is not None
+            and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_the_length_finder_counts_a_function_from_def_to_its_last_line(tmp_path):
+    (tmp_path / "x.py").write_text("def short():\n    return 1\n\n\ndef long():\n" + "    x = 1\n" * 3)
+    assert long_functions(tmp_path / "x.py", limit=3) == ["long (4)"]
+
+
+def test_modules_and_functions_stay_small():
+    files = _files(["retrieval", "collect", "webui", "app.py", "build_index.py"])
+    big = [f"{f.relative_to(ROOT)}: {n} lines" for f in files
+           if (n := len(f.read_text("utf-8").splitlines())) > MAX_MODULE_LINES]
+    long = [f"{f.relative_to(ROOT)}: {name}" for f in files for name in long_functions(f)]
+    assert not big and not long, "split these:\n" + "\n".join(big + long)

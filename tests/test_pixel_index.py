@@ -198,3 +198,23 @@ def test_evaluation_on_the_sample_library_beats_chance(sample_pixel_index):
     assert report["library"] >= 350 and report["classes"] >= 12
     best = max(r["p@5"] for r in report["methods"].values())
     assert best > 2 * report["chance"]["p@5"]
+
+
+def test_the_command_line_speaks_plainly_on_a_pixel_only_index(tiny_library, tmp_path, capsys):
+    """A text query gets "no text encoder" whatever --method names (not "unknown method"); the build
+    says "evaluation skipped" once; counts agree with their nouns."""
+    flat = tmp_path / "flat"                               # unlabelled: nothing to evaluate
+    shutil.copytree(tiny_library / "train" / "red", flat)
+    assert build_main(["index", "--data", str(flat), "--index", str(tmp_path / "i"), "--model", "none"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("evaluation skipped") == 1
+    assert cli_main(["search", "--index", str(tmp_path / "i"), "--text", "a red apple",
+                     "--method", "clip-cosine"]) == 2
+    err = capsys.readouterr().err
+    assert "no text encoder" in err and "unknown method" not in err and "--model ViT-B-32" in err
+    shutil.copy(flat / "train_0.jpg", flat / "copy.jpg")    # one exact copy: one group
+    assert build_main(["index", "--data", str(flat), "--index", str(tmp_path / "i"), "--model", "none",
+                       "--no-eval"]) == 0
+    capsys.readouterr()
+    assert cli_main(["duplicates", "--index", str(tmp_path / "i")]) == 0
+    assert capsys.readouterr().out.startswith("# 1 group of near-duplicates")
