@@ -12,6 +12,11 @@ from .paths import DEFAULT_DATA, DEFAULT_INDEX
 from .runner import run
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """"1 image", "2 images", "1,204 images": a count with its noun in the right number."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def _index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", type=Path, default=DEFAULT_INDEX, help=f"index folder (default: {DEFAULT_INDEX})")
     p.add_argument("--data", type=Path, default=None,
@@ -66,13 +71,16 @@ def _composed_terms(args: argparse.Namespace) -> list | None:
 
 
 def _print_hits(hits, method: str, order, secs: float, loaded: set, load_secs: float) -> None:
+    """Tab-separated hits for scripts: the scores in one format (same decimals, no thousands
+    separators so that they parse as numbers)."""
+    from .compare import score_column
     if loaded:
         print(f"# loaded the {' and '.join(sorted(loaded))} in {load_secs:.2f} s")
     print(f"# {method} ({'higher' if order.higher_is_better else 'lower'} is more similar), "
           f"query {secs * 1000:.1f} ms")
     print("rank\tclass\tscore\tpath")
-    for h in hits:
-        print(f"{h.rank}\t{h.label or '-'}\t{h.score:.6g}\t{h.path}")
+    for h, score in zip(hits, score_column(order, [h.score for h in hits], thousands=False)):
+        print(f"{h.rank}\t{h.label or '-'}\t{score}\t{h.path}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -185,13 +193,12 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
         return 0
     what = "perceptual hash of the pixels" if report.kind == "phash" else f"{report.kind} embeddings"
-    groups = len(report.groups)
-    print(f"# {groups} group{'' if groups == 1 else 's'} of near-duplicates among {len(report.rels)} images "
+    print(f"# {plural(len(report.groups), 'group')} of near-duplicates among {plural(len(report.rels), 'image')} "
           f"({what}, similarity >= {report.threshold:.3f})")
     for n, g in enumerate(report.groups, 1):
         sim = (f"{g.min_similarity:.3f}" if g.min_similarity == g.max_similarity
                else f"{g.min_similarity:.3f}-{g.max_similarity:.3f}")
-        print(f"group {n}: {len(g.rows)} images, " + ("exact copies (same bytes)" if g.all_exact else f"similarity {sim}"))
+        print(f"group {n}: {plural(len(g.rows), 'image')}, " + ("exact copies (same bytes)" if g.all_exact else f"similarity {sim}"))
         for row in g.rows:
             print(f"  {index.paths[row]}")
     return 0
@@ -204,9 +211,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                           chroma_url=args.chroma_url, evaluate=not args.no_eval, batch_size=args.batch_size,
                           labels=getattr(args, "labels", "auto"), lock_wait=getattr(args, "lock_wait", 0.0),
                           precision=getattr(args, "precision", "auto"), rerank=getattr(args, "rerank", "auto"))
-    print(f"indexed {summary['images']} images at {summary['pixel_size']}px "
-          f"({summary['embedded']} embedded, {len(summary['skipped'])} skipped) -> {args.index}")
-    rc = _report_skips(summary, args.index)
+    print(f"indexed {plural(summary['images'], 'image')} at {summary['pixel_size']}px "
+          f"({summary['embedded']:,} embedded, {len(summary['skipped']):,} skipped) -> {args.index}")
+    rc = report_skips(summary, args.index)
     for source, why in summary.get("rerank_skipped", {}).items():
         print(f"no re-ranked methods for {source}: {why}")
     if "evaluation_note" in summary:
@@ -219,7 +226,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     return rc
 
 
-def _report_skips(summary: dict, index: Path) -> int:
+def report_skips(summary: dict, index: Path) -> int:
     """A bounded report of the skipped files (counts by reason, a few examples; the full list is
     in the manifest) and the exit code: DONE_WITH_SKIPS when some could not be read."""
     from .library import summarize_skips
@@ -227,16 +234,18 @@ def _report_skips(summary: dict, index: Path) -> int:
     from .runner import DONE_WITH_SKIPS
     changed = summary.get("changed_during_build") or []
     if changed:
-        print(f"{len(changed)} files changed while the build read them (e.g. {', '.join(changed[:3])}): each is "
-              "indexed as one version, the one read; a later change is picked up by the next build")
+        print(f"{plural(len(changed), 'file')} changed while the build read {'it' if len(changed) == 1 else 'them'} "
+              f"(e.g. {', '.join(changed[:3])}): each is indexed as one version, the one read; a later change is "
+              "picked up by the next build")
     if not summary["skipped"]:
         return 0
     print(f"{summarize_skips(summary['skipped'])}; the full list is under \"skipped\" in {Path(index) / MANIFEST}")
     if not summary.get("unread"):
         return 0
-    print(f"{summary['unread']} of the skipped files could not be read (they disappeared or changed during the "
-          "build, or access was denied): the index holds the rest; rerun the build, after fixing access, to "
-          f"index them (exit code {DONE_WITH_SKIPS})")
+    one = summary["unread"] == 1
+    print(f"{summary['unread']:,} of the skipped files could not be read ({'it' if one else 'they'} disappeared or "
+          "changed during the build, or access was denied): the index holds the rest; rerun the build, after "
+          f"fixing access, to index {'it' if one else 'them'} (exit code {DONE_WITH_SKIPS})")
     return DONE_WITH_SKIPS
 
 

@@ -23,6 +23,10 @@ from .methods import Method
 from .search import Hit, LookalikeIndex, check_k
 
 KIND_ORDER = ("pixels", "deep, exact", "deep, HNSW (Chroma)", "re-ranked")
+# Why a query's class is not known (Comparison.label_from when label is None), in words for a reader.
+UNKNOWN = "unknown"                              # an image that is not in the library, nor a test image
+NO_CLASSES = "no classes in this library"        # an unlabelled library: nothing to mark right or wrong
+UNLABELLED_IMAGE = "a library image without a class"
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class Row:
 @dataclass(frozen=True)
 class Comparison:
     label: str | None          # the query's class, where known
-    label_from: str            # how it is known ("library image", "test split", "given", "unknown")
+    label_from: str            # how it is known ("library image", "test split", "given"), else why not
+                               # (UNKNOWN, NO_CLASSES, UNLABELLED_IMAGE)
     thumbnail: np.ndarray      # the size x size RGB pixels the pixel metrics compare
     rows: list[Row]
 
@@ -95,12 +100,17 @@ def test_labels(index: LookalikeIndex) -> dict[str, str]:
 def query_label(index: LookalikeIndex, query: ImageSource, given: str | None = None,
                 known: dict[str, str] | None = None) -> tuple[str | None, str]:
     """The query's class where it is known: given by the caller, a library image (by content), a
-    test-split image (by content, via `known` from test_labels, or by its path under DATA/test/<class>/)."""
+    test-split image (by content, via `known` from test_labels, or by its path under DATA/test/<class>/).
+    Else (None, why): the library has no classes at all (NO_CLASSES, whatever the query), the query is
+    a library image without one (UNLABELLED_IMAGE), or it is neither (UNKNOWN)."""
     if given:
         return given, "given"
+    if not any(index.labels.tolist()):
+        return None, NO_CLASSES
     rows = index.self_rows(query)
     if rows and index.labels[min(rows)]:
         return str(index.labels[min(rows)]), "library image"
+    why = UNLABELLED_IMAGE if rows else UNKNOWN
     if known:
         from .search import content_sha256
         sha = content_sha256(query)
@@ -110,10 +120,10 @@ def query_label(index: LookalikeIndex, query: ImageSource, given: str | None = N
         try:
             rel = Path(query).resolve().relative_to((index.data_dir / "test").resolve())
         except ValueError:
-            return None, "unknown"
+            return None, why
         if len(rel.parts) >= 2 and rel.parts[0] in set(index.labels.tolist()):
             return rel.parts[0], "test split"
-    return None, "unknown"
+    return None, why
 
 
 def _row(index: LookalikeIndex, m: Method, vec: np.ndarray, k: int, skip: set[int],
@@ -155,21 +165,82 @@ def compare(index: LookalikeIndex, query: ImageSource, methods: Sequence[str] | 
     return Comparison(lab, how, resize_pixels(image, index.manifest.pixel_size), rows)
 
 
+LINE_WIDTH = 100   # the CLI's compare output fits this many columns
+
+
+def _decimals(scores: Sequence[float]) -> int:
+    """Decimals that give the largest |score| four significant digits (none from 1,000 up), so a
+    method's scores share one format: 15.39, 17.00, 17.55 rather than 15.39, 17, 17.55."""
+    top = max((abs(s) for s in scores if np.isfinite(s)), default=0.0)
+    return 3 if top == 0 else int(min(8, max(0, 3 - np.floor(np.log10(top)))))
+
+
+def score_column(m: Method, scores: Sequence[float], dims: int | None = None, *,
+                 thousands: bool = True) -> list[str]:
+    """One method's scores in one format (same decimals for all; with `thousands`, 98,387 rather
+    than 98387). With `dims` (the pixel vector length) pixel L1 also gives the mean absolute
+    difference per channel (Δ) and pixel L2 its root (RMS), both on 0-255, as score_text does."""
+    if m.reranked or m.metric in ("cosine", "corr"):
+        return [f"{s:+.3f}" for s in scores]
+    fmt = f"{',' if thousands else ''}.{_decimals(scores)}f"
+    bare = [format(s, fmt) for s in scores]
+    if dims is None or m.source != "pixel" or m.metric not in ("l1", "l2") or (m.metric == "l1" and m.hnsw):
+        return bare
+    if m.metric == "l1":
+        return [f"{b} Δ{s / dims:.1f}" for b, s in zip(bare, scores)]
+    return [f"{b} RMS{np.sqrt(max(s, 0.0)):.1f}" for b, s in zip(bare, scores)]
+
+
+def shorten(text: str, width: int) -> str:
+    """Text cut to `width` with an ellipsis in the middle, so a file name keeps its end."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 3
+    return text[:width - 1 - tail] + "…" + text[len(text) - tail:]
+
+
+def _hit_lines(cells: Sequence[str], indent: str = "    ", sep: str = " | ") -> list[str]:
+    """The hit cells packed into lines of at most LINE_WIDTH columns."""
+    lines, line = [], ""
+    for cell in cells:
+        cell = shorten(cell, LINE_WIDTH - len(indent))
+        if line and len(indent) + len(line) + len(sep) + len(cell) > LINE_WIDTH:
+            lines.append(indent + line)
+            line = ""
+        line += (sep if line else "") + cell
+    return lines + [indent + line]
+
+
+def _legend(index: LookalikeIndex, result: Comparison, dims: int) -> list[str]:
+    """What the marks and the scores mean, wrapped to LINE_WIDTH."""
+    import textwrap
+    parsed = [index.parse_method(r.method) for r in result.rows]
+    text = "+ right class, - wrong class. " if any(r.correct is not None for r in result.rows) else ""
+    text += "Scores: " + "; ".join(sorted(f"{n} = {METRICS[n].formula}" for n in METRICS)) + "."
+    if any(m.source == "pixel" and m.metric == "l1" and not m.hnsw for m in parsed):
+        text += f" Δ = pixel l1 per channel on 0–255 (the sum / {dims:,})."
+    if any(m.source == "pixel" and m.metric == "l2" for m in parsed):
+        text += " RMS = the root of pixel l2, on 0–255."
+    if any(m.hnsw and m.metric == "l2" and not m.reranked for m in parsed):
+        text += " HNSW l2 = Chroma's squared distance, a sum over the dimensions."
+    return textwrap.wrap(text, LINE_WIDTH, subsequent_indent="  ")
+
+
 def format_rows(index: LookalikeIndex, result: Comparison) -> str:
-    """The rows as plain text, one line per method (the CLI's `compare`): hits marked + / - where
-    the class is known, then P@k and this query's AP."""
+    """The rows as plain text for the CLI's `compare`, every line within LINE_WIDTH columns: per method
+    a line with its kind, P@k, this query's AP and the time, then its hits (class, or the file name in
+    an unlabelled library; + / - where the query's class is known) with their scores, wrapped."""
     dims = index.manifest.pixel_size ** 2 * 3
-    head = f"# query class: {result.label or 'unknown'} ({result.label_from})"
-    width = max(len(r.method) for r in result.rows)
-    lines = [head]
+    k = max(len(r.hits) for r in result.rows)
+    rest = f" ({result.label_from}); top {k} of each method"
+    lines = [f"# query class: {shorten(result.label or 'unknown', max(12, LINE_WIDTH - 15 - len(rest)))}{rest}"]
+    name_w, kind_w = (max(len(getattr(r, f)) for r in result.rows) for f in ("method", "kind"))
+    stats_w = len(f"P@{k} 0.00  AP 0.000")
     for r in result.rows:
-        m = index.parse_method(r.method)
-        cells = []
-        for i, h in enumerate(r.hits):
-            mark = "" if r.correct is None else ("+" if r.correct[i] else "-")
-            cells.append(f"{mark}{h.label} {score_text(m, h.score, dims)}")
-        stats = "" if r.ap is None else f"P@{len(r.hits)} {r.p_at_k:.2f}  AP {r.ap:.3f}  "
-        lines.append(f"{r.method:<{width}}  {stats}{r.ms:6.1f} ms | " + " | ".join(cells))
-    lines.append("(+ right class, - wrong class; scores: " + "; ".join(
-        sorted({f"{n} = {METRICS[n].formula}" for n in METRICS})) + ")")
-    return "\n".join(lines)
+        stats = "" if r.ap is None else f"P@{len(r.hits)} {r.p_at_k:.2f}  AP {r.ap:.3f}"
+        lines.append(f"{r.method:<{name_w}}  {r.kind:<{kind_w}}  {stats:>{stats_w}}  {r.ms:7.1f} ms".rstrip())
+        scores = score_column(index.parse_method(r.method), [h.score for h in r.hits], dims)
+        marks = [""] * len(r.hits) if r.correct is None else ["+" if c else "-" for c in r.correct]
+        lines += _hit_lines([f"{mark}{shorten(h.label or Path(h.rel).name, 24)} {score}"
+                             for mark, h, score in zip(marks, r.hits, scores)])
+    return "\n".join(lines + _legend(index, result, dims))

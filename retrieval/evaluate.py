@@ -197,9 +197,12 @@ def format_table(report: Mapping[str, Any]) -> str:
                       for name, r in rows]
     lines.append("| *chance* | " + " | ".join(f"{report['chance'][k]:.3f}" for k in ks)
                  + f" | {report['chance']['map']:.3f} | |")
+    def count(n: int, one: str, many: str) -> str:
+        return f"{n:,} {one if n == 1 else many}"
     if report.get("protocol") == "kfold":
-        where = (f"{report['folds']}-fold (seed {report['seed']}): each of {report['queries']} images against the "
-                 f"other folds (about {report['library']} images)")
+        where = (f"{report['folds']}-fold (seed {report['seed']}): each of {count(report['queries'], 'image', 'images')}"
+                 f" against the other folds (about {count(report['library'], 'image', 'images')})")
     else:
-        where = f"{report['queries']} queries against {report['library']} library images"
-    return "\n".join(lines) + f"\n\n{where} in {report['classes']} classes."
+        where = (f"{count(report['queries'], 'query', 'queries')} against "
+                 f"{count(report['library'], 'library image', 'library images')}")
+    return "\n".join(lines) + f"\n\n{where} in {count(report['classes'], 'class', 'classes')}."

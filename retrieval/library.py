@@ -268,7 +268,7 @@ def summarize_skips(skipped: Sequence[dict[str, str]], examples: int = SUMMARY_E
         shown = ", ".join(r["path"] for r in recs[:examples]) + (", ..." if len(recs) > examples else "")
         parts.append(f"{len(recs)} {kind} (e.g. {shown})")
     more = f"; and {len(kinds) - 10} other reasons" if len(kinds) > 10 else ""
-    return f"skipped {len(skipped)} files: " + "; ".join(parts) + more
+    return f"skipped {len(skipped)} file{'' if len(skipped) == 1 else 's'}: " + "; ".join(parts) + more
 
 
 def scan_library(root: Path, *, exclude: Sequence[Path | str | None] = (), labels: str = "auto") -> Library:

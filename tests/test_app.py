@@ -6,6 +6,7 @@ tests run on the real offline backbone (efficientnet-lite0) over the real sample
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import socket
@@ -26,11 +27,13 @@ from PIL import Image
 
 from webui.start import HUB_ENV, locate_index
 from webui.handlers import query_source, user_errors
+from webui.warmup import BEST
 from webui.layout import build_demo
-from webui.texts import explain_winner
+from webui.texts import NO_TEST_SPLIT, example_images, explain_winner
 from retrieval.errors import ImageError, IndexError_, Remedy
 from retrieval.indexing import build_index
 from retrieval.library import file_sha256, scan_split
+from retrieval.methods import Method
 from retrieval.metrics import METRICS
 from retrieval.search import LookalikeIndex
 
@@ -53,6 +56,23 @@ def _ok(app, path: Path, k: int = 5):
     return app.client.predict(handle_file(str(path)), "l1", k, api_name="/search_pixel")
 
 
+def selectors(config: dict) -> dict[str, dict]:
+    """The page's method selectors (radio and dropdown props) by elem_id."""
+    return {c["props"]["elem_id"]: c["props"] for c in config["components"]
+            if c["type"] in ("radio", "dropdown") and c["props"].get("elem_id")}
+
+
+def marked(selector: dict) -> list[str]:
+    """The values of a selector whose label says it measured best."""
+    return [value for label, value in selector["choices"] if BEST in label]
+
+
+def measured_best(index_dir: Path, keep) -> str:
+    """The name with the highest mAP in evaluation.json (its own protocol) among the methods `keep` takes."""
+    methods = json.loads((Path(index_dir) / "evaluation.json").read_text("utf-8"))["methods"]
+    return max((n for n in methods if keep(Method.parse(n))), key=lambda n: methods[n]["map"])
+
+
 # -- endpoints and results ----------------------------------------------------------------------
 
 def test_endpoints_and_tabs(app):
@@ -61,6 +81,21 @@ def test_endpoints_and_tabs(app):
     assert "has no text encoder" in config           # the Text tab explains why it is absent
     assert "effnet-corr" in config and "wins with mAP" in config   # the evaluation table and winner
     assert "CC0-1.0" in config and "gcompris-qt-data" in config    # About: sources and licences
+
+
+def test_each_tab_starts_on_its_best_measured_method_marked(app):
+    """With evaluation.json, the pixel tab starts on the best pixel metric and the deep tab on the best
+    method over embeddings, each marked "best on this library" in its choice label (values unchanged)."""
+    pixel = measured_best(app.index.index_dir, lambda m: m.pixel and not m.reranked)
+    deep = measured_best(app.index.index_dir, lambda m: not m.pixel)
+    assert deep != str(app.index.default_method)   # here re-ranking wins: the plain default would hide it
+    found = selectors(requests.get(app.url + "config", timeout=10).json())
+    assert found["pixel-metric"]["value"] == Method.parse(pixel).metric and marked(found["pixel-metric"]) == [
+        Method.parse(pixel).metric]
+    assert found["deep-method"]["value"] == deep and marked(found["deep-method"]) == [deep]
+    assert [v for _, v in found["deep-method"]["choices"]] == [str(m) for m in app.index.offered if not m.pixel]
+    _, status, rows = app.client.predict(handle_file(str(app.index.paths[0])), deep, 3, api_name="/search_deep")
+    assert len(rows) == 3 and f"`{deep}`" in status   # the API takes the value, as before
 
 
 def test_about_tab_shows_no_server_paths(app):
@@ -227,6 +262,13 @@ def clip_index(tmp_path_factory) -> Path:
     return index
 
 
+def test_text_tab_starts_on_the_best_measured_method_over_embeddings(clip_index):
+    found = selectors(build_demo(LookalikeIndex.open(clip_index)).get_config_file())
+    best = measured_best(clip_index, lambda m: not m.pixel)
+    for selector in ("text-method", "composed-method", "deep-method"):
+        assert found[selector]["value"] == best and marked(found[selector]) == [best], selector
+
+
 def test_text_search_endpoint_with_a_clip_index(clip_index):
     demo, app = launch(clip_index)
     try:
@@ -252,6 +294,8 @@ def test_pixel_only_index_explains_the_missing_tabs(sample_pixel_index):
     assert {"search_pixel", "compare"} <= names and not names & {"search_deep", "search_text"}
     text = json.dumps(demo.get_config_file())
     assert "pixels only, so there is no deep search" in text
+    tabs = [c["props"]["label"] for c in demo.get_config_file()["components"] if c["type"] == "tabitem"]
+    assert tabs[:3] == ["Pixel metrics", "Deep features", "Text → image"]
     assert "This index holds pixels only, so there is nothing to compare a sentence with" in text
     # what to do, for a visitor: who can rebuild it and with what, never a command, a flag or a path
     assert "Whoever runs this app can rebuild the index with a model (efficientnet-lite0" in text
@@ -382,3 +426,42 @@ def test_index_and_library_restored_from_the_hub(tmp_path, monkeypatch):
     monkeypatch.delenv(HUB_ENV)
     with pytest.raises(IndexError_, match="no Hub dataset repo configured"):
         locate_index(tmp_path / "nowhere", None, None, tmp_path / "app" / "hub")
+
+
+# -- own photos: a folder without classes or a test split -------------------------------------------
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """A flat photo folder (no classes, no test split) holding one photo twice under two names."""
+    root = tmp_path_factory.mktemp("photos")
+    data = root / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(data / f"p{i}.png")
+    shutil.copy(data / "p2.png", data / "p2 copy.png")
+    build_index(data, root / "index", model="none")
+    return root / "index"
+
+
+def test_a_photo_folder_starts_quietly_and_shows_each_photo_once(photo_folder, caplog):
+    index = LookalikeIndex.open(photo_folder)
+    with caplog.at_level(logging.INFO):
+        config = json.dumps(build_demo(index).get_config_file())
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert said == [NO_TEST_SPLIT] and not any("expected class folders" in m for m in said)
+    strip = example_images(index)
+    assert strip.label == "Library images" and len(index.paths) == 7
+    assert len(strip.paths) == 6 and len({file_sha256(Path(p)) for p in strip.paths}) == 6
+    assert ("p2 copy.png" in config) != ("p2.png" in config)   # the strip holds one of the two copies
+
+
+def test_a_test_split_with_a_copied_photo_offers_it_once(tmp_path):
+    data = make_tiny_library(tmp_path / "data", n_train=2, n_test=2)
+    shutil.copy(data / "test" / "red" / "test_0.jpg", data / "test" / "blue" / "again.jpg")
+    build_index(data, tmp_path / "index", model="none", evaluate=False)
+    strip = example_images(LookalikeIndex.open(tmp_path / "index"))
+    assert strip.label == "Test-split images" and sum(strip.test_counts.values()) == 7
+    assert len(strip.paths) == 6 and len({file_sha256(Path(p)) for p in strip.paths}) == 6
+    copies = {str(data / "test" / "red" / "test_0.jpg"), str(data / "test" / "blue" / "again.jpg")}
+    assert len(copies & set(strip.paths)) == 1   # the first in the strip's order stays

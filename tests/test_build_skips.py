@@ -125,4 +125,4 @@ def test_files_broken_from_the_start_keep_exit_code_0(tmp_path, broken, capsys):
     _photo(lib / "a.jpg", 1)
     (lib / "broken.jpg").write_bytes(broken)
     assert _build(lib, tmp_path / "index") == 0
-    assert "skipped 1 files: 1 " in capsys.readouterr().out
+    assert "skipped 1 file: 1 " in capsys.readouterr().out

@@ -2,6 +2,7 @@
 one query, one row per method, hits marked where the class is known, P@k and AP, clear errors."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from retrieval.compare import compare, score_text
+from retrieval.compare import NO_CLASSES, compare, format_rows, score_text
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 from webui.compare import RIGHT, WRONG, Comparer, model_title
+from webui.handlers import QueryFiles
 
 MARKS = (RIGHT, WRONG)
 
@@ -68,6 +70,35 @@ def test_an_unknown_upload_is_not_marked(app, query, tmp_path):
     assert all(r["ap"] is None and all(h["correct"] is None for h in r["hits"]) for r in rows)
 
 
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory) -> LookalikeIndex:
+    """A flat photo folder, no classes, indexed with pixels only."""
+    from PIL import Image
+    from retrieval.indexing import build_index
+    root = tmp_path_factory.mktemp("unlabelled")
+    (root / "photos").mkdir()
+    for i, rgb in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]):
+        Image.new("RGB", (40, 30 + i), rgb).save(root / "photos" / f"p{i}.png")
+    build_index(root / "photos", root / "index", model="none")
+    return LookalikeIndex.open(root / "index")
+
+
+def test_an_unlabelled_library_says_why_nothing_is_marked(unlabelled, tmp_path):
+    """A library image is in the library: the reason is that there are no classes, for it and an upload alike."""
+    from PIL import Image
+    upload = tmp_path / "mine.png"
+    Image.new("RGB", (50, 50), (10, 10, 10)).save(upload)
+    comparer = Comparer(unlabelled, QueryFiles(unlabelled, [str(upload)]))
+    for query in (unlabelled.paths[1], upload):
+        out = comparer(str(query), 2)
+        assert out[1].startswith("**No classes in this library:**") and "cannot be marked" in out[1], query
+        assert "not in the library" not in out[1]
+        assert all(r["ap"] is None and all(h["correct"] is None for h in r["hits"]) for r in out[2])
+    result = compare(unlabelled, unlabelled.paths[1], ["pixel-l1"], 2)
+    assert (result.label, result.label_from) == (None, NO_CLASSES)
+    assert format_rows(unlabelled, result).startswith("# query class: unknown (no classes in this library)")
+
+
 @pytest.mark.parametrize("case,message", [("text", "not an image"), ("empty", "empty"), ("none", "no query image")])
 def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(app, query, tmp_path, case, message):
     bad = tmp_path / "photo.jpg"
@@ -87,8 +118,12 @@ def test_scores_say_their_scale_and_the_deep_tab_names_its_model(app):
     assert score_text(idx.parse_method("effnet-cosine+qe"), 0.5, dims) == "+0.500"
     assert model_title(idx) == "efficientnet-lite0 (offline ImageNet backbone)"
     import requests
-    config = requests.get(app.url + "config", timeout=10).text
-    assert "efficientnet-lite0 (offline ImageNet backbone)" in config and "CLIP / deep features" not in config
+    config = requests.get(app.url + "config", timeout=10).json()
+    tabs = [c["props"]["label"] for c in config["components"] if c["type"] == "tabitem"]
+    assert tabs[:3] == ["Pixel metrics", "Deep features", "Text → image"]   # short titles: a phone shows them
+    detail = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "deep-model")
+    assert detail.startswith("Model: **efficientnet-lite0 (offline ImageNet backbone)**")   # the model, inside the tab
+    assert "best on this library" in detail and "CLIP / deep features" not in json.dumps(config)
 
 
 def test_cli_compare_prints_rows_and_plots(sample_effnet_index, query, tmp_path):

@@ -84,7 +84,7 @@ def test_duplicates_command_on_an_index(sample_data: Path, tmp_path: Path, capsy
     capsys.readouterr()
     assert cli_main(["duplicates", "--index", str(index)]) == 0
     out = capsys.readouterr().out
-    assert f"# 1 groups of near-duplicates among 10 images ({kind}" in out
+    assert f"# 1 group of near-duplicates among 10 images ({kind}" in out
     assert "group 1: 5 images, similarity" in out
     listed = [ln.strip() for ln in out.splitlines() if ln.startswith("  ")]
     assert sorted(Path(p).name for p in listed) == sorted(p.name for p in dup)

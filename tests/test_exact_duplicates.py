@@ -51,7 +51,7 @@ def test_5000_identical_photos_are_one_group_of_exact_copies(tmp_path: Path, cap
     assert group["min_similarity"] == group["max_similarity"] == 1.0
 
     assert cli_main(["duplicates", "--index", str(index)]) == 0   # the text report, no refusal either
-    assert "group 1: 5000 images" in capsys.readouterr().out
+    assert "group 1: 5,000 images" in capsys.readouterr().out
 
 
 def test_copies_with_different_bytes_but_the_same_pixels_collapse_before_the_pair_search(monkeypatch) -> None:

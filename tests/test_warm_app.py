@@ -134,3 +134,40 @@ def test_a_pixel_only_index_warms_pixels_only(sample_pixel_index):
     warm.start()
     assert warm.wait_ready(60) and warm.error is None and warm.seconds() is not None
     assert "model" not in index.loaded() and Searcher(index, warm=warm).model_status() == ""
+
+
+# -- what the page preselects (webui.warmup.TabDefaults) -----------------------------------------
+
+def _selected(index: LookalikeIndex) -> dict[str, tuple[object, list[str]]]:
+    """elem_id -> (value, the values whose label is marked best) of the page's method selectors."""
+    from webui.warmup import BEST
+    from webui.layout import build_demo
+    return {c["props"]["elem_id"]: (c["props"]["value"], [v for label, v in c["props"]["choices"] if BEST in label])
+            for c in build_demo(index).get_config_file()["components"]
+            if c["type"] in ("radio", "dropdown") and c["props"].get("elem_id")}
+
+
+def test_without_an_evaluation_the_tabs_keep_their_defaults_and_mark_nothing(tiny_index):
+    index = LookalikeIndex.open(tiny_index[0])
+    assert not (tiny_index[0] / "evaluation.json").exists()
+    assert _selected(index) == {"pixel-metric": ("l1", []), "deep-method": ("effnet-cosine", [])}
+
+
+def test_a_measured_best_is_preselected_marked_and_warmed(tiny_index, tmp_path):
+    """Each tab asks among its own choices: the pixel tab among the four pixel metrics (a re-ranked
+    pixel method scoring higher is not one of them), the deep tab among the methods over embeddings.
+    The warm-up loads what is preselected, the HNSW twin too."""
+    import json
+    import shutil
+    index_dir, _ = tiny_index
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    scores = {"pixel-l1": 0.30, "pixel-corr": 0.40, "pixel-cosine+dba+qe": 0.90, "effnet-cosine": 0.50,
+              "effnet-l2": 0.70, "effnet-hnsw-l2": 0.65, "not-a-method": 0.99}
+    chance = {"p@1": 0.3, "p@5": 0.3, "p@10": 0.3, "map": 0.3}
+    (copy / "evaluation.json").write_text(json.dumps({
+        "queries": 6, "library": 18, "classes": 3, "pixel_size": 32, "model": "effnet", "chance": chance,
+        "protocol": "test", "methods": {n: {"p@1": v, "p@5": v, "p@10": v, "map": v} for n, v in scores.items()}}))
+    index = LookalikeIndex.open(copy, data_dir=index_dir.parent / "data")
+    assert _selected(index) == {"pixel-metric": ("corr", ["corr"]), "deep-method": ("effnet-l2", ["effnet-l2"])}
+    assert [str(m) for m in default_methods(index)] == ["pixel-corr", "effnet-l2", "effnet-hnsw-l2"]

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from retrieval.compare import Comparison, compare, score_text, test_labels
+from retrieval.compare import NO_CLASSES, UNLABELLED_IMAGE, Comparison, compare, score_text, test_labels
 from retrieval.errors import LookalikeError
 from retrieval.methods import Kind, Method
 from retrieval.search import LookalikeIndex
@@ -31,14 +31,29 @@ RIGHT, WRONG = "✓", "✗"   # right / wrong class (plain symbols: every font h
 
 
 def model_title(index: LookalikeIndex) -> str:
-    """What the deep tab calls its model: the embedder itself, not "CLIP / deep features" for both."""
+    """The deep tab's model, named inside the tab (its title is "Deep features"): the embedder
+    itself, not "CLIP / deep features" for both."""
     emb = index.manifest.embedder
     if not emb:
-        return "Deep features (none: pixel-only index)"
+        return "none (pixel-only index)"
     if emb.name == "effnet":
         return "efficientnet-lite0 (offline ImageNet backbone)"
     spec = emb.spec.split(":")
     return f"CLIP {spec[1] if len(spec) > 1 else emb.spec}"
+
+
+def query_summary(result: Comparison) -> str:
+    """The line above the rows: the query's class and what the marks mean, or why nothing is marked."""
+    if result.label is not None:
+        return (f"**Query class: {result.label}** ({result.label_from}): {RIGHT} marks a result of the same "
+                f"class, {WRONG} another class.")
+    if result.label_from == NO_CLASSES:
+        return ("**No classes in this library:** its images are not sorted into class folders, so right and "
+                "wrong results cannot be marked. Each row shows what its method finds most alike.")
+    if result.label_from == UNLABELLED_IMAGE:
+        return "**Query class unknown** (this library image has no class): results are not marked."
+    return ("**Query class unknown** (an upload that is not in the library): results are not marked. "
+            "Click a library image below to query by it.")
 
 
 class Comparer:
@@ -62,11 +77,7 @@ class Comparer:
     def outputs(self, result: Comparison) -> tuple:
         dims = self.index.manifest.pixel_size ** 2 * 3
         thumb = np.kron(result.thumbnail, np.ones((THUMB_SCALE, THUMB_SCALE, 1), dtype=np.uint8))
-        known = result.label is not None
-        summary = (f"**Query class: {result.label}** ({result.label_from}): {RIGHT} marks a result of the same "
-                   f"class, {WRONG} another class." if known else
-                   "**Query class unknown** (an upload that is not in the library): results are not marked. "
-                   "Click a library image below to query by it.")
+        summary = query_summary(result)
         rows, pairs = [], []
         for r in result.rows:
             m = self.index.parse_method(r.method)

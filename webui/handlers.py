@@ -397,8 +397,9 @@ def deep_methods(index: LookalikeIndex) -> list[str]:
     return [str(m) for m in index.offered if not m.pixel]
 
 
-def method_label(index: LookalikeIndex, method: str) -> str:
+def method_detail(index: LookalikeIndex, method: str) -> str:
+    """What a method's selector label says after its name: exact or HNSW, and its sort order."""
     m = index.parse_method(method)
     kind = "Chroma HNSW (approximate)" if m.hnsw else "exact"
-    return f"{method} — {kind}, {METRICS[m.metric].order}"
+    return f"{kind}, {METRICS[m.metric].order}"
 

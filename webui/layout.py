@@ -9,15 +9,15 @@ from typing import Any, Callable, Literal
 import gradio as gr
 
 from retrieval.errors import Remedy
-from retrieval.library import inside_root
+from retrieval.methods import PIXEL, Method
 from retrieval.metrics import METRICS
 from retrieval.search import MAX_K, MAX_TEXT_CHARS, LookalikeIndex
 
 from .compare import compare_tab, evaluation_figures, model_title
-from .handlers import (DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, QueryFiles, Searcher, deep_methods, method_label,
+from .handlers import (DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, QueryFiles, Searcher, deep_methods, method_detail,
                        remedy_words, user_errors)
-from .texts import about_markdown, evaluation_markdown, library_examples, test_examples
-from .warmup import WarmUp
+from .texts import about_markdown, evaluation_markdown, example_images
+from .warmup import BEST, TabDefaults, WarmUp
 
 EXAMPLES_PER_PAGE = 15
 MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"   # the upload route refuses more (data: URLs: handlers); load_image refuses > 64 Mpx
@@ -68,7 +68,13 @@ def _image_search_tab(tab: str, examples: list[str], fn: Callable[..., Outputs],
     return image
 
 
-def _composed_section(index: LookalikeIndex, searcher: Searcher, deep: list[str]) -> None:
+def _method_dropdown(index: LookalikeIndex, defaults: TabDefaults, deep: list[str], **kwargs: Any) -> gr.Dropdown:
+    """A selector of the deep methods, starting on the best measured one (marked), else the default."""
+    choices = [(defaults.label(index.parse_method(x), x, method_detail(index, x)), x) for x in deep]
+    return gr.Dropdown(choices, value=str(defaults.deep), label="Method", **kwargs)
+
+
+def _composed_section(index: LookalikeIndex, searcher: Searcher, deep: list[str], defaults: TabDefaults) -> None:
     """Text and an image together, weighted terms and minus terms: one endpoint, /search_composed."""
     with gr.Accordion("Composed query: text + image, weights, minus terms", open=False):
         gr.Markdown("One term per line; `2:red car` counts twice as much as `red car`. The image (optional) "
@@ -84,8 +90,7 @@ def _composed_section(index: LookalikeIndex, searcher: Searcher, deep: list[str]
                              image_mode=None, height=200, elem_id="composed-image")
             with gr.Column():
                 weight = gr.Slider(0, 5, value=1, step=0.1, label="Image weight", elem_id="composed-weight")
-                method = gr.Dropdown([(method_label(index, x), x) for x in deep],
-                                     value=str(index.default_method), label="Method")
+                method = _method_dropdown(index, defaults, deep, elem_id="composed-method")
                 k = _k_slider("composed-k")
                 button = gr.Button("Search", variant="primary", elem_id="composed-search")
         outputs = _results("composed")
@@ -109,23 +114,26 @@ def _model_status(searcher: Searcher, demo: gr.Blocks) -> None:
 
 
 def _deep_tab(index: LookalikeIndex, searcher: Searcher, examples: list[str], examples_label: str,
-              deep: list[str]) -> list[gr.Image]:
+              deep: list[str], defaults: TabDefaults) -> list[gr.Image]:
     """The deep features tab: image search over the embeddings (its query image, for linking), or
-    why a pixel-only index has none, in words for a visitor (no commands: they cannot run any)."""
+    why a pixel-only index has none, in words for a visitor (no commands: they cannot run any).
+    The tab is titled "Deep features"; its model is the first line inside (model_title)."""
     if not deep:
         gr.Markdown("This index holds pixels only, so there is no deep search. "
                     + remedy_words(Remedy.BUILD_WITH_MODEL, " (efficientnet-lite0 works offline; a CLIP model "
                                    "adds text search) to enable this tab: see *Your own photos* in the README."))
         return []
+    best = (f" The method marked *{BEST}* scored the highest mAP when this index was evaluated "
+            "(see the Evaluation tab)." if defaults.marked(defaults.deep) else "")
+    gr.Markdown(f"Model: **{model_title(index)}**.{best}", elem_id="deep-model")
     return [_image_search_tab("deep", examples, searcher.deep, "search_deep", examples_label=examples_label,
-                              selector=lambda: gr.Dropdown(
-        [(method_label(index, x), x) for x in deep], value=str(index.default_method),
-        label="Method", elem_id="deep-method",
+                              selector=lambda: _method_dropdown(
+        index, defaults, deep, elem_id="deep-method",
         info="Exact metrics scan every stored vector; HNSW asks Chroma's approximate graph index "
              "(what scales to millions)."))]
 
 
-def _text_tab(index: LookalikeIndex, searcher: Searcher, deep: list[str]) -> None:
+def _text_tab(index: LookalikeIndex, searcher: Searcher, deep: list[str], defaults: TabDefaults) -> None:
     """Text search and the composed query (a model with a text encoder), or why there is none."""
     if not index.has_text:
         emb = index.manifest.embedder
@@ -138,19 +146,20 @@ def _text_tab(index: LookalikeIndex, searcher: Searcher, deep: list[str]) -> Non
     with gr.Row():
         prompt = gr.Textbox(label="Describe what to find", placeholder="a red apple",
                             max_length=MAX_TEXT_CHARS, scale=3, elem_id="text-prompt")
-        method = gr.Dropdown([(method_label(index, x), x) for x in deep],
-                             value=str(index.default_method), label="Method", scale=2)
+        method = _method_dropdown(index, defaults, deep, scale=2, elem_id="text-method")
         k = _k_slider("text-k")
     button = gr.Button("Search", variant="primary", elem_id="text-search")
     outputs = _results("text")
     gr.on([button.click, prompt.submit], user_errors(searcher.text), [prompt, method, k], list(outputs),
           api_name="search_text")
-    _composed_section(index, searcher, deep)
+    _composed_section(index, searcher, deep, defaults)
 
 
-def _pixel_metric() -> gr.Radio:
-    return gr.Radio([(f"{n.upper() if len(n) == 2 else n} — {m.formula} ({m.order})", n) for n, m in METRICS.items()],
-                    value="l1", label="Metric", elem_id="pixel-metric",
+def _pixel_metric(defaults: TabDefaults) -> gr.Radio:
+    """The pixel metrics (values: the metric names), starting on the best measured one (marked)."""
+    choices = [(defaults.label(Method(PIXEL, n), n.upper() if len(n) == 2 else n, f"{m.formula} ({m.order})"), n)
+               for n, m in METRICS.items()]
+    return gr.Radio(choices, value=defaults.pixel.metric, label="Metric", elem_id="pixel-metric",
                     info="L1 and L2 are distances (results sorted smallest first); "
                          "cosine and correlation are similarities (largest first).")
 
@@ -159,33 +168,32 @@ def build_demo(index: LookalikeIndex, warm: WarmUp | None = None) -> gr.Blocks:
     """The Blocks app over an opened index. Endpoints: /search_pixel, /search_deep (indexes with
     embeddings), /search_text (indexes whose model has a text encoder). `warm`: the app's start-up
     load (webui.warmup), which the page's model line and the deep queries wait on."""
-    examples, test_counts = test_examples(index.data_dir)
-    examples_label = "Test-split images"
-    if not examples:   # a library without test/ (e.g. a photo folder): a few of its own images
-        examples, examples_label = library_examples(index), "Library images"
-    examples = [e for e in examples if inside_root(e, index.data_dir)]   # never a link out of the library
+    strip = example_images(index)   # test-split images, else a few library images; no exact copies
+    examples, examples_label = strip.paths, strip.label
     files = QueryFiles(index, examples)   # what a query may name: uploads, library images, these examples
     searcher = Searcher(index, files, warm)
     deep = deep_methods(index)
+    defaults = TabDefaults.of(index)   # each selector starts on its best measured method
     with gr.Blocks(title="Lookalike: image search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Lookalike\nFind the library images that look most like yours: by raw pixels, "
                     "by deep features, or (with a CLIP index) by a text description.")
         _model_status(searcher, demo)
         with gr.Tab("Pixel metrics"):
             query_images = [_image_search_tab("pixel", examples, searcher.pixel, "search_pixel",
-                                              examples_label=examples_label, selector=_pixel_metric,
+                                              examples_label=examples_label,
+                                              selector=lambda: _pixel_metric(defaults),
                                               concurrency_limit=PIXEL_CONCURRENCY)]
-        with gr.Tab(model_title(index)):
-            query_images += _deep_tab(index, searcher, examples, examples_label, deep)
+        with gr.Tab("Deep features"):   # the model is a detail inside (a phone cuts long tab titles)
+            query_images += _deep_tab(index, searcher, examples, examples_label, deep, defaults)
         with gr.Tab("Text → image"):
-            _text_tab(index, searcher, deep)
+            _text_tab(index, searcher, deep, defaults)
         with gr.Tab("Compare"):   # one query through every method (webui/compare.py)
             compare_tab(index, examples, examples_label, query_images, files)
         with gr.Tab("Evaluation"):
             gr.Markdown(evaluation_markdown(index))
             evaluation_figures(index)
         with gr.Tab("About"):
-            gr.Markdown(about_markdown(index, test_counts))
+            gr.Markdown(about_markdown(index, strip.test_counts))
     from .admission import bounded_queue   # Gradio's queue, plus a bound on each request's wait
     bounded_queue(demo, default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, max_wait_s=MAX_WAIT_S)
     return demo

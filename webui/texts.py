@@ -9,12 +9,13 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from retrieval.attribution import read_attribution
 from retrieval.errors import LibraryError, LookalikeError
-from retrieval.library import evaluation_skip_reason, scan_split
+from retrieval.library import evaluation_skip_reason, file_sha256, inside_root, scan_split
 from retrieval.methods import Method
 from retrieval.paths import ATTRIBUTION, ATTRIBUTION_MD, EVALUATION, PROJECT_ROOT
 from retrieval.search import LookalikeIndex
@@ -240,18 +241,65 @@ the app; a rebuild re-embeds only new or changed images. The README's *Your own 
 says how. Methods: {', '.join(f'`{x}`' for x in index.methods)}."""
 
 
+NO_TEST_SPLIT = "no test split: the example strip shows library images"
+
+
+@dataclass(frozen=True)
+class ExampleStrip:
+    """The examples the search tabs offer: image paths, what they are, and the test split's class counts."""
+
+    paths: list[str]
+    label: str
+    test_counts: Counter
+
+
+def example_images(index: LookalikeIndex) -> ExampleStrip:
+    """Test-split images, else (a library without test/, e.g. a photo folder) a few library images;
+    never a link out of the library, and one image of each set of exact copies (a duplicated photo
+    would show twice)."""
+    paths, counts = test_examples(index.data_dir)
+    if paths:   # inside the library first: a link out is never read, not even to hash it
+        return ExampleStrip(distinct_files([p for p in paths if inside_root(p, index.data_dir)]),
+                            "Test-split images", counts)
+    log.info(NO_TEST_SPLIT)   # one plain line: a photo folder without test/ is normal, not an error
+    return ExampleStrip([p for p in library_examples(index) if inside_root(p, index.data_dir)],
+                        "Library images", counts)
+
+
 def library_examples(index: LookalikeIndex, n: int = 10) -> list[str]:
-    """A few library images, evenly spread, as the examples of a library without a test split."""
-    step = max(1, len(index.paths) // n)
-    return [str(p) for p in index.paths[::step][:n]]
+    """A few library images, evenly spread over the distinct contents (the manifest's sha256: exact
+    copies count once), as the examples of a library without a test split."""
+    first: dict[str, Path] = {}
+    for item, path in zip(index.manifest.items, index.paths):
+        first.setdefault(item["sha256"], path)
+    distinct = list(first.values())
+    step = max(1, len(distinct) // n)
+    return [str(p) for p in distinct[::step][:n]]
+
+
+def distinct_files(paths: list[str]) -> list[str]:
+    """The paths in order, leaving out each file whose bytes an earlier one holds; a file that
+    cannot be read is kept (a click on it says why it fails)."""
+    seen: set[str] = set()
+    out = []
+    for path in paths:
+        try:
+            sha = file_sha256(Path(path))
+        except OSError:
+            out.append(path)
+            continue
+        if sha not in seen:
+            seen.add(sha)
+            out.append(path)
+    return out
 
 
 def test_examples(data_dir: Path) -> tuple[list[str], Counter]:
-    """Test-split images (paths) for gr.Examples, and their class counts."""
+    """Test-split images (paths) for gr.Examples, and their class counts; none without a test split
+    (said at DEBUG: a folder without test/ is a normal library, and example_images says it in one line)."""
     try:
         items = scan_split(data_dir, "test")
     except LibraryError as exc:
-        log.info("no examples: %s", exc)
+        log.debug("no test-split examples: %s", exc)
         return [], Counter()
     return [str(it.path(data_dir)) for it in items], Counter(it.label for it in items)
-
