@@ -93,6 +93,11 @@ class LookalikeIndex:
                        for src in self.sources()}
         self._hnsw = HnswRanker(self._store, self._row_by_rel)
         self.reranker = self._reranker()
+        # What the manifest offers never changes for an opened index: listed once, looked up per query.
+        rerank = manifest.rerank
+        self._offered = {str(m): m for m in offered(
+            emb.name if emb else None, hnsw=manifest.chroma is not None,
+            reranked=rerank.metrics() if rerank else {}, hnsw_reranked=bool(rerank and rerank.chroma_prefix))}
 
     def holds(self, rel: str) -> bool:
         """True when `rel` (a path relative to the library root, with forward slashes) is one of
@@ -223,16 +228,12 @@ class LookalikeIndex:
     @property
     def offered(self) -> list[Method]:
         """Every method this index offers, in the canonical order (retrieval.methods.offered)."""
-        m = self.manifest
-        rerank = m.rerank
-        return offered(m.embedder.name if m.embedder else None, hnsw=m.chroma is not None,
-                       reranked=rerank.metrics() if rerank else {},
-                       hnsw_reranked=bool(rerank and rerank.chroma_prefix))
+        return list(self._offered.values())
 
     @property
     def methods(self) -> list[str]:
         """The names of the methods this index offers (what users type and pick)."""
-        return [str(m) for m in self.offered]
+        return list(self._offered)
 
     @property
     def default_method(self) -> Method:
@@ -259,10 +260,8 @@ class LookalikeIndex:
 
     def parse_method(self, name: str | Method) -> Method:
         """The method `name` stands for, when this index offers it (else a message listing those it does)."""
-        method = name if isinstance(name, Method) else None
-        if method is None and isinstance(name, str) and name in self.methods:
-            method = Method.parse(name)
-        if method is None or method not in self.offered:
+        method = self._offered.get(str(name)) if isinstance(name, (str, Method)) else None
+        if method is None:
             raise LookalikeError(f"unknown method {str(name)!r} for this index; choose one of {', '.join(self.methods)}")
         return method
 

@@ -59,6 +59,16 @@ def make_tiny_library(root: Path, classes: dict[str, tuple[int, int, int]] | Non
     return root
 
 
+def tiny_effnet_index(root: Path) -> tuple[Path, Path]:
+    """(library, index): a tiny library (4 train, 1 test image per class) indexed with the offline
+    backbone (embeddings, Chroma, DBA), no evaluation; for module fixtures to share."""
+    from retrieval.indexing import build_index
+
+    data = make_tiny_library(root / "data", n_train=4, n_test=1)
+    build_index(data, root / "index", model="effnet", evaluate=False)
+    return data, root / "index"
+
+
 @pytest.fixture
 def tiny_library(tmp_path) -> Path:
     return make_tiny_library(tmp_path / "data")

@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from conftest import make_tiny_library
+from conftest import tiny_effnet_index
 from retrieval.errors import IndexError_
 from retrieval.manifest import Manifest
 from retrieval.paths import MANIFEST
@@ -30,11 +30,7 @@ from retrieval.search import LookalikeIndex
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, Path]:
-    from retrieval.indexing import build_index
-    root = tmp_path_factory.mktemp("damaged")
-    data = make_tiny_library(root / "data", n_train=4, n_test=1)
-    build_index(data, root / "index", model="effnet", evaluate=False)
-    return data, root / "index"
+    return tiny_effnet_index(tmp_path_factory.mktemp("damaged"))
 
 
 def _edit_manifest(fn: Callable[[dict], None]) -> Callable[[Path], None]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_tiny_library
+from conftest import make_tiny_library, tiny_effnet_index
 from retrieval.compose import Term
 from retrieval.embedders import Embedder
 from retrieval.errors import IndexError_, LookalikeError, ModelError, Remedy
@@ -43,10 +43,7 @@ def pixel_index(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def effnet_index(tmp_path_factory) -> tuple[Path, Path]:
     """(library, index): a tiny index with the offline backbone (embeddings, Chroma, DBA)."""
-    root = tmp_path_factory.mktemp("effnet")
-    data = make_tiny_library(root / "data", n_train=4, n_test=1)
-    build_index(data, root / "index", model="effnet", evaluate=False)
-    return data, root / "index"
+    return tiny_effnet_index(tmp_path_factory.mktemp("effnet"))
 
 
 def test_open_refuses_another_pixel_size_or_a_model_on_a_pixel_index(pixel_index):
