@@ -96,9 +96,7 @@ def labelled_pool(index: LookalikeIndex, data_dir: Path | None = None,
         return None
     vectors = {}
     for src in list(sources or index.sources()):
-        matrix = index.pixels if src == "pixel" else index.embeddings
-        assert matrix is not None, "index.sources() names the embedder only when there are embeddings"
-        lib = np.asarray(matrix.data)
+        lib = np.asarray(index.matrix(src).data)
         vectors[src] = np.concatenate([lib, index.query_vectors(images, src).astype(lib.dtype)]) if images else lib
     shas = [it["sha256"] for it in index.manifest.items] + [file_sha256(data_dir / r) for r in rels]
     return Pool(all_labels, list(index.rels) + rels, shas, vectors, index.manifest.pixel_size)
