@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -162,6 +163,22 @@ def raw_files(raw_dir: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
+def images_outside_layout(raw_dir: Path, limit: int = 1000) -> list[str]:
+    """Image files (by name) under raw_dir that are not at <category>/<term>/<file>: loose ones,
+    or deeper; hidden folders left out. At most `limit` of them."""
+    from retrieval.images import is_image_name
+    out: list[str] = []
+    for folder, dirs, names in os.walk(raw_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        depth = len(Path(folder).relative_to(raw_dir).parts)
+        if depth != 2:
+            out += [(Path(folder) / n).relative_to(raw_dir).as_posix() for n in sorted(names)
+                    if not n.startswith(".") and is_image_name(n)]
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
 class _Quarantine:
     """Copies or moves rejects under quarantine/<reason>/..., appending to the reason log."""
 
@@ -204,7 +221,7 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
                  near_threshold: float | None = None) -> CleanReport:
     """Build clean/<class>/ from raw/<category>/<term>/; see the module docstring."""
     raw_dir, clean_dir, quarantine_dir = Path(raw_dir), Path(clean_dir), Path(quarantine_dir)
-    files = _files_to_clean(raw_dir, clean_dir, quarantine_dir)
+    files = _files_to_clean(raw_dir, clean_dir, quarantine_dir, near_duplicates)
     state_path = clean_dir / STATE_NAME
     checks, outputs = _load_state(state_path)
     quarantine = _Quarantine(quarantine_dir)
@@ -257,14 +274,27 @@ def clean_images(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, min_si
     return report
 
 
-def _files_to_clean(raw_dir: Path, clean_dir: Path, quarantine_dir: Path) -> list[tuple[str, str, Path]]:
-    """raw_files(raw_dir), refusing a missing or empty raw/; makes clean/ and clears the temporaries
-    a killed run left in clean/ and quarantine/."""
+# For a folder of one's own photos, near-duplicates are found on its index and moved aside in place.
+OWN_PHOTOS = ("for near-duplicates in any other folder of photos, index it (python build_index.py index --data "
+              "DIR --index INDEX) and run python -m retrieval duplicates --index INDEX --quarantine QDIR, which "
+              "moves all but one of each group aside and can undo it (docs/own-photos.md)")
+
+
+def _files_to_clean(raw_dir: Path, clean_dir: Path, quarantine_dir: Path,
+                    near_duplicates: bool = False) -> list[tuple[str, str, Path]]:
+    """raw_files(raw_dir), refusing a missing or empty raw/ (and, for near-duplicates, images
+    outside the crawler's layout, which clean/ would silently leave out); makes clean/ and clears
+    the temporaries a killed run left in clean/ and quarantine/."""
     if not raw_dir.is_dir():
         raise LibraryError(f"no raw images at {raw_dir}: run `python build_index.py download` first")
     files = raw_files(raw_dir)
     if not files:
-        raise LibraryError(f"{raw_dir} holds no raw/<category>/<term>/<image> files to clean")
+        raise LibraryError(f"{raw_dir} holds no raw/<category>/<term>/<image> files to clean (the crawler's "
+                           f"layout, which the clean stage copies into clean/<term>/); {OWN_PHOTOS}")
+    stray = images_outside_layout(raw_dir) if near_duplicates else []
+    if stray:
+        raise LibraryError(f"{raw_dir} is not the crawler's raw/<category>/<term>/ layout: {len(stray)} images lie "
+                           f"elsewhere (e.g. {stray[0]}) and clean would leave them out; {OWN_PHOTOS}")
     clean_dir.mkdir(parents=True, exist_ok=True)
     for folder in (clean_dir, quarantine_dir):   # temporaries of a run that was killed
         remove_leftovers(folder, recursive=True)
@@ -303,7 +333,7 @@ def _quarantine_near_duplicates(clean_dir: Path, produced: dict[str, set[str]], 
                                 checks: dict[str, dict[str, Any]], quarantine: _Quarantine, report: CleanReport,
                                 threshold: float | None) -> None:
     """Keep the largest image of each near-duplicate group (then the first by name); move the rest."""
-    from retrieval.duplicates import DEFAULT_THRESHOLDS, check_threshold, group_vectors, phash_of_images
+    from retrieval.duplicates import DEFAULT_THRESHOLDS, check_threshold, group_vectors, keeper, phash_of_images
 
     t = check_threshold(DEFAULT_THRESHOLDS["phash"] if threshold is None else threshold)
     rels = sorted(f"{cls}/{name}" for cls, names in produced.items() for name in names)
@@ -315,7 +345,7 @@ def _quarantine_near_duplicates(clean_dir: Path, produced: dict[str, set[str]], 
 
     for group in group_vectors(phash_of_images(images), t, as_hash=True):
         members = [rels[i] for i in group.rows]
-        keep = min(members, key=lambda r: (-area(r), r))
+        keep = members[keeper(members, [area(r) for r in members])]
         detail = (f"near-duplicate of {keep} (group of {len(members)}, similarity "
                   f"{group.min_similarity:.3f}-{group.max_similarity:.3f}, threshold {t:.2f})")
         for rel in members:

@@ -100,8 +100,10 @@ def _clean_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-side", type=int, default=MIN_SIDE,
                    help="reject images narrower or shorter than this, in pixels (default: %(default)s)")
     g.add_argument("--near-duplicates", action="store_true",
-                   help="also quarantine near-duplicates (resized, recompressed, cropped, brightened copies), "
-                        "keeping the largest of each group; the group is recorded in the reason log")
+                   help="also quarantine near-duplicates (resized, recompressed, cropped, brightened copies) "
+                        "among the cleaned images, keeping the largest of each group; the group is recorded in "
+                        "the reason log. For a folder of your own photos (any layout) use `python -m retrieval "
+                        "duplicates --index INDEX --quarantine DIR` instead: it moves them aside in place, undoably")
     g.add_argument("--near-threshold", type=float, default=None,
                    help="perceptual-hash similarity for --near-duplicates (default: the measured one, "
                         "see docs/own-photos.md)")

@@ -185,16 +185,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    """Groups of near-duplicates from the index's stored vectors (or pHash of its pixels)."""
+    """Groups of near-duplicates from the index's stored vectors (or pHash of its pixels); with
+    --quarantine, move all but one of each group aside; with --undo, move them back."""
+    if args.undo is not None:
+        return _undo_quarantine(args.undo)
+    if args.dry_run and args.quarantine is None:
+        raise LookalikeError("--dry-run goes with --quarantine DIR: it shows what would move")
     from .duplicates import find_duplicates
     index = _open(args)
     report = find_duplicates(index, args.threshold, args.features)
-    if args.json:
+    if args.json and args.quarantine is None and args.export is None:
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
         return 0
     what = "perceptual hash of the pixels" if report.kind == "phash" else f"{report.kind} embeddings"
     print(f"# {plural(len(report.groups), 'group')} of near-duplicates among {plural(len(report.rels), 'image')} "
           f"({what}, similarity >= {report.threshold:.3f})")
+    if args.quarantine is not None or args.export is not None:
+        return _act_on_duplicates(args, index, report)
     for n, g in enumerate(report.groups, 1):
         sim = (f"{g.min_similarity:.3f}" if g.min_similarity == g.max_similarity
                else f"{g.min_similarity:.3f}-{g.max_similarity:.3f}")
@@ -202,6 +209,55 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         for row in g.rows:
             print(f"  {index.paths[row]}")
     return 0
+
+
+def _act_on_duplicates(args: argparse.Namespace, index, report) -> int:
+    """--export and --quarantine: each group's kept image and the kind of each other one (its
+    members are read), then the export file and the moves (or, with --dry-run, what would move)."""
+    from .duplicate_groups import analyse, write_export
+    from .quarantine import MOVED, REFUSED, move_aside, plan
+    from .runner import DONE_WITH_SKIPS
+    analysis = analyse(index, report)
+    if args.export is not None:
+        print(f"groups with each image's kind written to {write_export(analysis, args.export)}")
+    if args.quarantine is None:
+        return 0
+    record = plan(analysis, index.data_dir, args.quarantine, index.index_dir)
+    path = move_aside(record, args.quarantine) if record.moves and not args.dry_run else None
+    print("\n".join(record.lines(args.quarantine, done=path is not None)))
+    if path is None:
+        return 0
+    print(f"record: {path}; to undo: python -m retrieval duplicates --undo {path}")
+    if record.of(MOVED):
+        print(f"the index is out of date ({plural(len(record.of(MOVED)), 'file')} moved): rebuild it with "
+              f"{_rebuild(index.data_dir, args.index, index.manifest)}")
+    return DONE_WITH_SKIPS if record.of(REFUSED) else 0
+
+
+def _rebuild(data: Path, index_dir: Path, manifest) -> str:
+    """The command that rebuilds an index as it was built (its model and pixel size)."""
+    from .indexing import DEFAULT_PIXEL_SIZE
+    emb, size = manifest.embedder, manifest.pixel_size
+    return (f"python build_index.py index --data {data} --index {index_dir} --model {emb.source if emb else 'none'}"
+            + (f" --pixel-size {size}" if size != DEFAULT_PIXEL_SIZE else ""))
+
+
+def _undo_quarantine(record_file: Path) -> int:
+    """--undo RECORD: move the quarantined files back, each where it came from; then whether the
+    index the groups came from still lists them (it was not rebuilt in between)."""
+    from .quarantine import undo
+    from .runner import DONE_WITH_SKIPS
+    result = undo(record_file)
+    print("\n".join(result.lines()))
+    manifest = result.index_manifest()
+    if result.restored and manifest is not None and result.index_lists_restored(manifest):
+        print(f"the index {result.record.index} still lists the restored files: nothing to rebuild")
+    elif result.restored:
+        library, index_dir = result.record.library, result.record.index or "INDEX"
+        print("the index may be out of date: rebuild it with "
+              + (_rebuild(Path(library), Path(index_dir), manifest) if manifest else
+                 f"python build_index.py index --data {library} --index {index_dir}"))
+    return DONE_WITH_SKIPS if result.refused else 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -297,6 +353,30 @@ def register_index(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=cmd_index)
 
 
+def _duplicates_parser(sub: "argparse._SubParsersAction") -> None:
+    d = sub.add_parser("duplicates", help="groups of near-duplicate images; move all but one of each aside, or back",
+                       description="Near-duplicates (resized, recompressed, lightly cropped or brightened copies) "
+                                   "from the stored embeddings, or a perceptual hash of the stored pixels for a "
+                                   "pixel-only index. Listing decodes nothing; --export and --quarantine read "
+                                   "each group's images to keep the largest and tell the kind of each copy.")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="similarity from 0 to 1 (default: measured per feature kind, see docs/own-photos.md)")
+    d.add_argument("--features", choices=("auto", "embeddings", "phash"), default="auto",
+                   help="auto: embeddings when the index has them, else the perceptual hash")
+    d.add_argument("--json", action="store_true", help="print the groups as JSON instead of text")
+    d.add_argument("--export", type=Path, default=None, metavar="FILE",
+                   help="write the groups, with the kept image and the kind of each copy, to FILE (.json or .csv)")
+    act = d.add_mutually_exclusive_group()
+    act.add_argument("--quarantine", type=Path, default=None, metavar="DIR",
+                     help="move all but the kept image (the largest, then the first by name) of each group into "
+                          "DIR, under their library paths, and write a record there that --undo reads")
+    act.add_argument("--undo", type=Path, default=None, metavar="RECORD",
+                     help="move the files a --quarantine record lists back where they were (needs no index)")
+    d.add_argument("--dry-run", action="store_true", help="with --quarantine: print what would move, move nothing")
+    _index_args(d)
+    d.set_defaults(func=cmd_duplicates)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m retrieval", description="Search and evaluate a Lookalike index.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -340,17 +420,7 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", type=Path, default=None, help="save one row per method as a PNG")
     _index_args(c)
     c.set_defaults(func=cmd_compare)
-    d = sub.add_parser("duplicates", help="print groups of near-duplicate images with their similarity",
-                       description="Near-duplicates (resized, recompressed, lightly cropped or brightened copies) "
-                                   "from the stored embeddings, or a perceptual hash of the stored pixels for a "
-                                   "pixel-only index. Nothing is decoded again.")
-    d.add_argument("--threshold", type=float, default=None,
-                   help="similarity from 0 to 1 (default: measured per feature kind, see docs/own-photos.md)")
-    d.add_argument("--features", choices=("auto", "embeddings", "phash"), default="auto",
-                   help="auto: embeddings when the index has them, else the perceptual hash")
-    d.add_argument("--json", action="store_true", help="print JSON instead of text")
-    _index_args(d)
-    d.set_defaults(func=cmd_duplicates)
+    _duplicates_parser(sub)
     m = sub.add_parser("methods", help="list the methods this index offers and their sort order")
     _index_args(m)
     m.set_defaults(func=cmd_methods)

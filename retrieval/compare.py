@@ -19,10 +19,9 @@ from .errors import LookalikeError
 from .evaluate import average_precision
 from .images import QUERY_SIDE, ImageSource, load_image, resize_pixels
 from .metrics import METRICS
-from .methods import Method
+from .methods import Kind, Method
 from .search import Hit, LookalikeIndex, check_k
 
-KIND_ORDER = ("pixels", "deep, exact", "deep, HNSW (Chroma)", "re-ranked")
 # Why a query's class is not known (Comparison.label_from when label is None), in words for a reader.
 UNKNOWN = "unknown"                              # an image that is not in the library, nor a test image
 NO_CLASSES = "no classes in this library"        # an unlabelled library: nothing to mark right or wrong
@@ -34,7 +33,7 @@ class Row:
     """One method's answer to the query."""
 
     method: str
-    kind: str                  # one of KIND_ORDER
+    kind: str                  # the method's family, Method.kind's value
     hits: list[Hit]
     correct: list[bool] | None # per hit, where the query's class is known
     p_at_k: float | None
@@ -52,14 +51,6 @@ class Comparison:
     rows: list[Row]
 
 
-def kind(m: Method) -> str:
-    if m.reranked:
-        return "re-ranked"
-    if m.source == "pixel":
-        return "pixels"
-    return "deep, HNSW (Chroma)" if m.hnsw else "deep, exact"
-
-
 def scale_text(m: Method) -> str:
     """How to read a method's scores (the Compare tab and the CLI print it beside the numbers)."""
     if m.reranked:
@@ -71,6 +62,36 @@ def scale_text(m: Method) -> str:
             "l2": "mean of squared differences" + (" (and its root on 0–255)" if m.source == "pixel" else ""),
             "cosine": "cosine on −1..1 (1 = same direction)",
             "corr": "Pearson correlation on −1..1 (1 = same pattern)"}[m.metric]
+
+
+RIGHT_COLOUR, WRONG_COLOUR = "#1a9850", "#d73027"   # frames of right / wrong results (page and plots)
+
+
+def readable_score(m: Method, score: float, dims: int, *, short: bool = False) -> str:
+    """A score as a visitor can read it (the raw score stays in the data view and the API): cosine,
+    correlation and re-ranked scores as a percentage; pixel L1 as the mean difference per colour
+    value and pixel L2 as its root mean square, on the 0-255 scale; other distances as they are
+    (0 = the same). readable_legend says it in words. `short`: for a small thumbnail's caption."""
+    if m.reranked or m.metric in ("cosine", "corr"):
+        return f"{100 * score:.0f}%"
+    if m.source == "pixel" and m.metric == "l1" and not m.hnsw:
+        return f"Δ{score / dims:.0f}" + ("" if short else "/255")
+    if m.source == "pixel" and m.metric == "l2":
+        rms = float(np.sqrt(max(score, 0.0)))
+        return f"Δ{rms:.0f}" + ("" if short else "/255 RMS")
+    return f"d {score:.2g}"
+
+
+def readable_legend(m: Method) -> str:
+    """What readable_score's numbers mean, in a visitor's words."""
+    if m.reranked or m.metric in ("cosine", "corr"):
+        what = "correlation" if m.metric == "corr" and not m.reranked else "cosine similarity"
+        return f"% = {what} as a percentage (100% = the same pattern)"
+    if m.source == "pixel" and m.metric == "l1" and not m.hnsw:
+        return "Δ = mean difference per colour value, on 0–255 (0 = identical)"
+    if m.source == "pixel" and m.metric == "l2":
+        return "Δ…RMS = root mean square difference per colour value, on 0–255 (0 = identical)"
+    return "d = distance (0 = identical)"
 
 
 def score_text(m: Method, score: float, dims: int) -> str:
@@ -95,6 +116,27 @@ def test_labels(index: LookalikeIndex) -> dict[str, str]:
     except LibraryError:
         return {}
     return {file_sha256(it.path(index.data_dir)): it.label for it in items if it.label}
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Right and wrong for one query's hits: the query's class (or why it is unknown) and, where
+    it is known, whether each hit shares it."""
+
+    label: str | None
+    label_from: str              # as Comparison.label_from
+    correct: list[bool] | None   # per hit, None where the class is unknown
+
+    @property
+    def p_at_k(self) -> float | None:
+        return None if not self.correct else sum(self.correct) / len(self.correct)
+
+
+def mark_hits(index: LookalikeIndex, query: ImageSource, hits: Sequence[Hit],
+              known: dict[str, str] | None = None) -> Marks:
+    """Each hit right or wrong where the query's class is known (query_label), for the search tabs."""
+    label, how = query_label(index, query, known=known)
+    return Marks(label, how, None if label is None else [h.label == label for h in hits])
 
 
 def query_label(index: LookalikeIndex, query: ImageSource, given: str | None = None,
@@ -140,7 +182,7 @@ def _row(index: LookalikeIndex, m: Method, vec: np.ndarray, k: int, skip: set[in
         correct = [bool(x) for x in rel[:k]]
         p = float(rel[:k].sum() / k)
         ap = average_precision(rel, n_rel)
-    return Row(m.name, kind(m), hits, correct, p, ap, ms, scale_text(m))
+    return Row(m.name, m.kind.value, hits, correct, p, ap, ms, scale_text(m))
 
 
 def compare(index: LookalikeIndex, query: ImageSource, methods: Sequence[str] | None = None, k: int = 5,
@@ -158,7 +200,7 @@ def compare(index: LookalikeIndex, query: ImageSource, methods: Sequence[str] | 
     lab, how = query_label(index, query, label, known)
     vectors: dict[str, np.ndarray] = {}
     rows = []
-    for m in sorted(parsed, key=lambda m: KIND_ORDER.index(kind(m))):
+    for m in sorted(parsed, key=lambda m: list(Kind).index(m.kind)):
         if m.source not in vectors:
             vectors[m.source] = index.query_vectors([image], m.source)
         rows.append(_row(index, m, vectors[m.source], k, skip, lab))

@@ -22,7 +22,7 @@ measured here (no pretrained weights offline) and is a documented guess.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -66,6 +66,18 @@ class DuplicateReport:
     threshold: float
     groups: list[Group]
     rels: list[str]           # library-relative path of each row
+    # The feature matrices the groups came from (base, then zoomed variants for the pHash), kept so
+    # that a member's similarity to its group's kept image is on the same scale as the threshold.
+    vectors: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
+    as_hash: bool = False
+
+    def similarity(self, a: int, b: int) -> float:
+        """The similarity of rows a and b, as the grouping measured it (cosine, or 1 - hamming/64
+        with the zoomed variants for the pHash)."""
+        if not self.vectors:
+            raise ValueError("this report was made without its feature vectors")
+        s = float(block_similarity(self.vectors, [a], [b])[0, 0])
+        return round(min((s + 1) / 2 if self.as_hash else s, 1.0), 4)
 
     def to_json(self) -> dict[str, Any]:
         return {"features": self.kind, "threshold": self.threshold,
@@ -258,6 +270,24 @@ def _group(rep_feats: Sequence[np.ndarray], comp: list[int], members: list[list[
     return Group(rows, round(min(lo, 1.0), 4), round(min(hi, 1.0), 4), tuple(exact))
 
 
+def default_threshold(kind: str) -> float:
+    """The measured default threshold of a feature kind ("effnet", "phash"; CLIP's and any other
+    model's is the documented guess)."""
+    return DEFAULT_THRESHOLDS.get(kind, DEFAULT_THRESHOLDS["clip"])
+
+
+def feature_kind(index: LookalikeIndex) -> str:
+    """The features `find_duplicates` uses by default on this index: its embeddings' name, else "phash"."""
+    emb = index.manifest.embedder
+    return emb.name if emb else "phash"
+
+
+def keeper(names: Sequence[str], areas: Sequence[int]) -> int:
+    """Which member of a group is kept (its position): the largest in pixels, then the first by
+    name. The one rule, for the cleaner and the quarantine alike: the largest copy loses least."""
+    return min(range(len(names)), key=lambda n: (-areas[n], names[n]))
+
+
 def check_threshold(threshold: float) -> float:
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold <= 1:
         raise LookalikeError(f"the threshold is a similarity from 0 (exclusive) to 1, got {threshold!r}")
@@ -282,13 +312,13 @@ def features_of_index(index: LookalikeIndex, features: str = "auto") -> tuple[st
 def find_duplicates(index: LookalikeIndex, threshold: float | None = None, features: str = "auto") -> DuplicateReport:
     """Near-duplicate groups of an opened index, from what it stores (no image is decoded)."""
     kind, unit, as_hash = features_of_index(index, features)
-    t = check_threshold(DEFAULT_THRESHOLDS.get(kind, DEFAULT_THRESHOLDS["clip"]) if threshold is None else threshold)
+    t = check_threshold(default_threshold(kind) if threshold is None else threshold)
     keys = [it["sha256"] for it in index.manifest.items]   # byte-identical files first, then the threshold
     groups = group_vectors(unit, t, as_hash=as_hash, keys=keys)
     copies = sum(len(e) for g in groups for e in g.exact)
     log.info("%d groups of near-duplicates among %d images (%s, threshold %.3f); %d of them exact copies",
              len(groups), len(index.rels), kind, t, copies)
-    return DuplicateReport(kind, t, groups, list(index.rels))
+    return DuplicateReport(kind, t, groups, list(index.rels), vectors=list(unit), as_hash=as_hash)
 
 
 def pair_scores(predicted: Sequence[Sequence[int]], truth: Sequence[Sequence[int]]) -> tuple[float, float]:

@@ -197,12 +197,19 @@ def format_table(report: Mapping[str, Any]) -> str:
                       for name, r in rows]
     lines.append("| *chance* | " + " | ".join(f"{report['chance'][k]:.3f}" for k in ks)
                  + f" | {report['chance']['map']:.3f} | |")
-    def count(n: int, one: str, many: str) -> str:
-        return f"{n:,} {one if n == 1 else many}"
+    return "\n".join(lines) + f"\n\n{measured_on(report)}"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def measured_on(report: Mapping[str, Any]) -> str:
+    """What a table measured: queries against which library, in how many classes."""
     if report.get("protocol") == "kfold":
-        where = (f"{report['folds']}-fold (seed {report['seed']}): each of {count(report['queries'], 'image', 'images')}"
-                 f" against the other folds (about {count(report['library'], 'image', 'images')})")
+        where = (f"{report['folds']}-fold (seed {report['seed']}): each of {_count(report['queries'], 'image', 'images')}"
+                 f" against the other folds (about {_count(report['library'], 'image', 'images')})")
     else:
-        where = (f"{count(report['queries'], 'query', 'queries')} against "
-                 f"{count(report['library'], 'library image', 'library images')}")
-    return "\n".join(lines) + f"\n\n{where} in {count(report['classes'], 'class', 'classes')}."
+        where = (f"{_count(report['queries'], 'query', 'queries')} against "
+                 f"{_count(report['library'], 'library image', 'library images')}")
+    return f"{where} in {_count(report['classes'], 'class', 'classes')}."

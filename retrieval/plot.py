@@ -37,7 +37,7 @@ def plot_comparison(query: Path, result, index, out: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .compare import score_text
+    from .compare import RIGHT_COLOUR, WRONG_COLOUR, score_text
 
     rows = result.rows
     cols = max(len(r.hits) for r in rows) + 1
@@ -57,7 +57,7 @@ def plot_comparison(query: Path, result, index, out: Path) -> Path:
             ax.imshow(load_image(hit.path))
             ax.set_title(f"#{hit.rank} {hit.label}\n{score_text(m, hit.score, dims)}", fontsize=7)
             if row.correct is not None:
-                colour = "#1a9850" if row.correct[j] else "#d73027"
+                colour = RIGHT_COLOUR if row.correct[j] else WRONG_COLOUR
                 for spine in ax.spines.values():
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(4)

@@ -20,3 +20,14 @@ def launch(index_dir: Path) -> tuple[gr.Blocks, SimpleNamespace]:
     index = LookalikeIndex.open(index_dir)
     demo, url = serve(index)
     return demo, SimpleNamespace(index=index, url=url, client=Client(url, verbose=False))
+
+
+def frame_mark(rgb) -> str | None:
+    """"right" or "wrong" for a pixel of a result's frame (webui.results draws it green or red; the
+    gallery's JPEG copy shifts it a little), None for any other colour."""
+    from retrieval.compare import RIGHT_COLOUR, WRONG_COLOUR
+    for mark, colour in (("right", RIGHT_COLOUR), ("wrong", WRONG_COLOUR)):
+        want = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+        if max(abs(int(a) - b) for a, b in zip(rgb[:3], want)) <= 40:
+            return mark
+    return None

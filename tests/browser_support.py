@@ -51,3 +51,30 @@ def have_chromedriver() -> bool:
 needs_chromedriver = pytest.mark.skipif(
     not have_chromedriver(),
     reason="chromedriver not found (apt-get install chromium chromium-driver); the crawler needs a real browser")
+
+
+def set_viewport(driver: webdriver.Chrome, width: int, height: int) -> None:
+    """The page's exact viewport (a window of that size keeps some of it for its frame), and a
+    phone's touch and layout below 500 px."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 500})
+
+
+def open_tab(driver: webdriver.Chrome, title: str, timeout_s: float = 60) -> None:
+    """Click the tab titled `title`; on a narrow page Gradio moves some tabs into its "More tabs"
+    menu, which is opened once, then its item clicked."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(d, css: str, text: str | None = None) -> list:
+        return [b for b in d.find_elements(By.CSS_SELECTOR, css)
+                if b.is_displayed() and (text is None or b.text == text)]
+
+    wait = WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,))   # re-rendered
+    wait.until(lambda d: shown(d, "button[role=tab]"))   # the page has rendered its tabs
+    tab = shown(driver, "button[role=tab]", title)
+    if not tab:
+        driver.execute_script("arguments[0].click()", wait.until(lambda d: shown(d, "button[aria-label='More tabs']"))[0])
+        tab = wait.until(lambda d: shown(d, ".overflow-menu button, .overflow-dropdown button", title))
+    driver.execute_script("arguments[0].click()", tab[0])

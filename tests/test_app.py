@@ -29,6 +29,7 @@ from webui.start import HUB_ENV, locate_index
 from webui.handlers import query_source, user_errors
 from webui.warmup import BEST
 from webui.layout import build_demo
+from webui.results import RIGHT, WRONG
 from webui.texts import NO_TEST_SPLIT, example_images, explain_winner
 from retrieval.errors import ImageError, IndexError_, Remedy
 from retrieval.indexing import build_index
@@ -37,7 +38,7 @@ from retrieval.methods import Method
 from retrieval.metrics import METRICS
 from retrieval.search import LookalikeIndex
 
-from app_support import launch
+from app_support import frame_mark, launch
 from conftest import make_tiny_library
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +77,11 @@ def measured_best(index_dir: Path, keep) -> str:
 # -- endpoints and results ----------------------------------------------------------------------
 
 def test_endpoints_and_tabs(app):
-    assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/compare", "/model_status"}
+    assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/compare", "/model_status", "/duplicates",
+                                      "/duplicates_export"}
     config = requests.get(app.url + "config", timeout=10).text
-    assert "has no text encoder" in config           # the Text tab explains why it is absent
-    assert "effnet-corr" in config and "wins with mAP" in config   # the evaluation table and winner
+    assert "There is no Text tab" in config and "has no text encoder" in config   # About says why
+    assert "effnet-corr" in config and "finds the right class best here" in config   # the table and the winner
     assert "CC0-1.0" in config and "gcompris-qt-data" in config    # About: sources and licences
 
 
@@ -108,11 +110,16 @@ def test_about_tab_shows_no_server_paths(app):
     assert f"`{app.index.index_dir.name}`" in text or f"/{app.index.index_dir.name}`" in text
     assert not re.search(r"python [a-z]|\s--[a-z]", text)   # no commands or flags: a visitor cannot run them
     assert "whoever runs this app rebuilds the index" in text
+    # How to use first, in three lines; then why there is no Text tab (efficientnet-lite0 has no text encoder)
+    assert text.startswith("### How to use\n1. **Pick a query:**") and "\n3. **Compare**" in text
+    assert ("There is no Text tab because text search needs a CLIP index: this one was built with "
+            "efficientnet-lite0, which has no text encoder") in text
+    assert text.index("There is no Text tab") < text.index("### Library")
 
 
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_pixel_scores_in_order_and_match_the_index(app, queries, metric):
-    path, _ = queries[0]
+    path, label = queries[0]
     gallery, status, rows = app.client.predict(handle_file(str(path)), metric, 12, api_name="/search_pixel")
     scores = [r["score"] for r in rows]
     assert len(gallery) == len(rows) == 12
@@ -120,9 +127,28 @@ def test_pixel_scores_in_order_and_match_the_index(app, queries, metric):
     hits, _ = app.index.search(path, f"pixel-{metric}", 12)
     assert [r["file"] for r in rows] == [h.rel for h in hits]
     assert np.allclose(scores, [h.score for h in hits])
-    assert gallery[0]["caption"].startswith(f"#1 {hits[0].label} ")
-    assert Image.open(gallery[0]["image"]).size == Image.open(hits[0].path).size   # the library file itself
+    # a test image's class is known: each result framed green (its class) or red, marked in its caption
+    right = [h.label == label for h in hits]
+    assert [r["correct"] for r in rows] == right
+    for shown, ok, hit in zip(gallery, right, hits):
+        assert shown["caption"].startswith(f"{RIGHT if ok else WRONG} #{hit.rank} {hit.label} · ")
+        frame = np.asarray(Image.open(shown["image"]).convert("RGB"))
+        assert {frame_mark(frame[2, 2]), frame_mark(frame[-3, -3])} == {"right" if ok else "wrong"}
+    assert f"P@12 {sum(right) / 12:.2f}" in status and f"query class **{label}**" in status
     assert f"pixel-{metric}" in status and " ms" in status and METRICS[metric].order in status
+
+
+def test_an_upload_not_in_the_library_is_not_framed(app, queries, tmp_path):
+    """New bytes: the class is unknown, so the results are the library files themselves, unmarked,
+    and the status line says why."""
+    copy = tmp_path / "mine.png"
+    Image.open(queries[0][0]).convert("RGB").rotate(90, expand=True).save(copy)
+    gallery, status, rows = app.client.predict(handle_file(str(copy)), "l1", 3, api_name="/search_pixel")
+    hits, _ = app.index.search(copy, "pixel-l1", 3)
+    assert all(r["correct"] is None for r in rows) and "P@" not in status
+    assert "not marked: the query is not a library or test image" in status
+    assert gallery[0]["caption"].startswith(f"#1 {hits[0].label} · ")
+    assert Image.open(gallery[0]["image"]).size == Image.open(hits[0].path).size   # the library file itself
 
 
 def test_deep_search_finds_the_same_class(app, queries, capsys):
@@ -273,7 +299,7 @@ def test_text_search_endpoint_with_a_clip_index(clip_index):
     demo, app = launch(clip_index)
     try:
         assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/search_text", "/search_composed",
-                                          "/model_status", "/compare"}
+                                          "/model_status", "/compare", "/duplicates", "/duplicates_export"}
         gallery, status, exact = app.client.predict("a red square", "clip-cosine", 4, api_name="/search_text")
         scores = [r["score"] for r in exact]
         assert len(gallery) == 4 and scores == sorted(scores, reverse=True) and "clip-cosine" in status
@@ -295,11 +321,11 @@ def test_pixel_only_index_explains_the_missing_tabs(sample_pixel_index):
     text = json.dumps(demo.get_config_file())
     assert "pixels only, so there is no deep search" in text
     tabs = [c["props"]["label"] for c in demo.get_config_file()["components"] if c["type"] == "tabitem"]
-    assert tabs[:3] == ["Pixel metrics", "Deep features", "Text → image"]
-    assert "This index holds pixels only, so there is nothing to compare a sentence with" in text
+    assert tabs[:3] == ["Pixel metrics", "Deep features", "Compare"]   # no Text tab: About says why
+    assert "There is no Text tab because text search needs a CLIP index: this one was built with pixels only" in text
     # what to do, for a visitor: who can rebuild it and with what, never a command, a flag or a path
     assert "Whoever runs this app can rebuild the index with a model (efficientnet-lite0" in text
-    assert "Whoever runs this app can build the index with a CLIP model" in text
+    assert "whoever runs this app can rebuild it with CLIP" in text
     for shown in (m["props"].get("value") for m in demo.get_config_file()["components"] if m["type"] == "markdown"):
         assert not re.search(r"(^|[\s`(])--[a-z]|python [a-z]|build_index\.py", str(shown or "")), shown
 

@@ -156,21 +156,24 @@ def test_query_files_accepts_uploads_and_indexed_library_images_only(pixel_index
 
 
 def test_more_like_this_takes_only_files_the_page_got(pixel_index, tmp_path):
-    """The gallery click's data comes from the client: Comparer.pick refuses a path outside the
-    uploads and the library (it returned any path before round 3)."""
+    """The gallery click names a result through the rows the page holds, which come back from the
+    client: Comparer.pick accepts only a library image (it returned any path before round 3)."""
     import gradio as gr
     index = LookalikeIndex.open(pixel_index)
     comparer = Comparer(index)
     secret = tmp_path / "secret.jpg"
     shutil.copy(index.paths[0], secret)
 
-    def click(path: str) -> gr.SelectData:
-        return gr.SelectData(None, {"index": 0, "value": {"image": {"path": path}}})
+    def rows(rel: str) -> list[dict]:
+        return [{"hits": [{"file": rel}]}]
 
-    with pytest.raises(gr.Error) as err:
-        comparer.pick(click(str(secret)))
-    assert err.value.message == NOT_AN_UPLOAD
-    assert comparer.pick(click(str(index.paths[1]))) == str(index.paths[1])
+    for named in (str(secret), os.path.relpath(secret, index.data_dir), "../secret.jpg"):
+        with pytest.raises(gr.Error) as err:
+            comparer.pick(rows(named), 0, 0)
+        assert err.value.message == NOT_AN_UPLOAD, named
+    with pytest.raises(gr.Error, match="no longer on the page"):
+        comparer.pick([], 0, 0)
+    assert comparer.pick(rows(index.rels[1]), 0, 0) == os.path.abspath(index.paths[1])
     searcher = Searcher(index)
     with pytest.raises(ImageError, match="must be an upload"):
         searcher.pixel({"path": str(secret)}, "l1", 3)

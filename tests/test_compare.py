@@ -11,7 +11,8 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from retrieval.compare import NO_CLASSES, compare, format_rows, score_text
+from retrieval.compare import NO_CLASSES, compare, format_rows, readable_score, score_text
+from retrieval.methods import Kind
 from retrieval.library import scan_split
 from retrieval.search import LookalikeIndex
 from webui.compare import RIGHT, WRONG, Comparer, model_title
@@ -30,7 +31,7 @@ def query(sample_data) -> tuple[Path, str]:
 
 def _rows(app, path: Path, k: int = 5):
     out = app.client.predict(handle_file(str(path)), k, api_name="/compare")
-    return out, out[2]
+    return out, out[3]   # after the thumbnail, the query line and the summary table
 
 
 def test_compare_endpoint_gives_every_method_a_marked_row(app, query):
@@ -38,8 +39,7 @@ def test_compare_endpoint_gives_every_method_a_marked_row(app, query):
     methods = Comparer(app.index).methods
     assert [r["method"] for r in rows] == methods == sorted(app.index.methods, key=methods.index)
     kinds = [r["kind"] for r in rows]
-    assert kinds == sorted(kinds, key=["pixels", "deep, exact", "deep, HNSW (Chroma)", "re-ranked"].index)
-    assert {"pixels", "deep, exact", "deep, HNSW (Chroma)", "re-ranked"} == set(kinds)
+    assert kinds == sorted(kinds, key=[k.value for k in Kind].index) and set(kinds) == {k.value for k in Kind}
     assert query[1] in out[1]                                  # "Query class: <class> (test split)"
     for r in rows:
         assert len(r["hits"]) == 5
@@ -48,10 +48,17 @@ def test_compare_endpoint_gives_every_method_a_marked_row(app, query):
     by = {r["method"]: r for r in rows}
     direct, _ = app.index.search(query[0], "effnet-cosine+dba+qe", 5)
     assert [h["file"] for h in by["effnet-cosine+dba+qe"]["hits"]] == [h.rel for h in direct]
-    galleries = out[4::2]   # after thumbnail, summary, data: (markdown, gallery) per method (no State)
+    galleries = out[5::2]   # after thumbnail, query line, table, data: (markdown, gallery) per method (no State)
     assert len(galleries) == len(methods) and all(len(g) == 5 for g in galleries)
     assert all(g[0]["caption"][0] in MARKS for g in galleries)
-    assert "Δ" in galleries[0][0]["caption"] and "/255" in galleries[0][0]["caption"]   # pixel-l1 with its scale
+    assert "Δ" in galleries[0][0]["caption"]   # pixel-l1: the mean difference per colour value
+    assert galleries[-1][0]["caption"].endswith("%")   # re-ranked: a similarity in percent
+    # The summary table: every method once, best first (this query's AP), the best marked.
+    table = out[2]
+    order = sorted(rows, key=lambda r: (-r["ap"], -r["p@k"], r["ms"]))
+    positions = [table.index(f"<code>{r['method']}</code>") for r in order]
+    assert positions == sorted(positions) and table.count("★ best") == 1
+    assert table.index("★ best") < positions[1]
 
 
 def test_a_library_image_is_known_by_content_and_left_out(app):
@@ -91,9 +98,9 @@ def test_an_unlabelled_library_says_why_nothing_is_marked(unlabelled, tmp_path):
     comparer = Comparer(unlabelled, QueryFiles(unlabelled, [str(upload)]))
     for query in (unlabelled.paths[1], upload):
         out = comparer(str(query), 2)
-        assert out[1].startswith("**No classes in this library:**") and "cannot be marked" in out[1], query
-        assert "not in the library" not in out[1]
-        assert all(r["ap"] is None and all(h["correct"] is None for h in r["hits"]) for r in out[2])
+        assert out[1].startswith("**Not marked:** this library has no classes") and "cannot be told" in out[1], query
+        assert "not a library" not in out[1] and "★ best" not in out[2]
+        assert all(r["ap"] is None and all(h["correct"] is None for h in r["hits"]) for r in out[3])
     result = compare(unlabelled, unlabelled.paths[1], ["pixel-l1"], 2)
     assert (result.label, result.label_from) == (None, NO_CLASSES)
     assert format_rows(unlabelled, result).startswith("# query class: unknown (no classes in this library)")
@@ -116,11 +123,17 @@ def test_scores_say_their_scale_and_the_deep_tab_names_its_model(app):
     assert score_text(idx.parse_method("pixel-l1"), 3072 * 10.0, dims) == "30,720 (Δ 10.0/255)"
     assert score_text(idx.parse_method("pixel-l2"), 400.0, dims) == "400 (RMS 20.0/255)"
     assert score_text(idx.parse_method("effnet-cosine+qe"), 0.5, dims) == "+0.500"
+    # what the page's captions say: the same scores, readable (the raw ones stay in the data view)
+    assert readable_score(idx.parse_method("pixel-l1"), 3072 * 10.0, dims) == "Δ10/255"
+    assert readable_score(idx.parse_method("pixel-l2"), 400.0, dims) == "Δ20/255 RMS"
+    assert readable_score(idx.parse_method("effnet-cosine+qe"), 0.5, dims) == "50%"
+    assert readable_score(idx.parse_method("pixel-corr"), -0.25, dims, short=True) == "-25%"
     assert model_title(idx) == "efficientnet-lite0 (offline ImageNet backbone)"
     import requests
     config = requests.get(app.url + "config", timeout=10).json()
     tabs = [c["props"]["label"] for c in config["components"] if c["type"] == "tabitem"]
-    assert tabs[:3] == ["Pixel metrics", "Deep features", "Text → image"]   # short titles: a phone shows them
+    # short titles (a phone shows them); no Text tab without a text encoder (About says why)
+    assert tabs[:3] == ["Pixel metrics", "Deep features", "Compare"]
     detail = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "deep-model")
     assert detail.startswith("Model: **efficientnet-lite0 (offline ImageNet backbone)**")   # the model, inside the tab
     assert "best on this library" in detail and "CLIP / deep features" not in json.dumps(config)

@@ -12,23 +12,13 @@ from browser_support import ARTIFACTS, chromium, needs_chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from retrieval.search import LookalikeIndex
 from webui.compare import RIGHT, WRONG
-from webui.layout import serve
 
 MARKS = (RIGHT, WRONG)
 
 WAIT_S = 60
 
 pytestmark = needs_chromium
-
-
-@pytest.fixture(scope="module")
-def effnet_app(sample_effnet_index):
-    index = LookalikeIndex.open(sample_effnet_index)
-    demo, url = serve(index)
-    yield index, url
-    demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +61,8 @@ def run_compare_flow(driver, url: str, methods: list[str], screenshot: Path) -> 
     examples[0].click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#compare-image img"))
     driver.find_element(By.CSS_SELECTOR, "#compare-run").click()
+    # the HNSW family starts folded (its rows repeat the exact ones): unfold it, as a reader would
+    driver.execute_script("arguments[0].click()", driver.find_element(By.CSS_SELECTOR, "#compare-family-hnsw .label-wrap"))
     before = row_captions(driver, len(methods))
     wait.until(lambda d: "Query class" in d.find_element(By.CSS_SELECTOR, "#compare-summary").text)
     labels = [driver.find_element(By.CSS_SELECTOR, f"#compare-label-{i}").text for i in range(len(methods))]
@@ -88,8 +80,8 @@ def run_compare_flow(driver, url: str, methods: list[str], screenshot: Path) -> 
     return before, after, labels
 
 
-def test_compare_tab_rows_marked_and_more_like_this(browser, effnet_app):
-    index, url = effnet_app
+def test_compare_tab_rows_marked_and_more_like_this(browser, app):
+    index, url = app.index, app.url   # conftest's app: the sample effnet index, served
     from webui.compare import Comparer
     methods = Comparer(index).methods
     assert any("+dba+qe" in m for m in methods) and any(m.startswith("pixel-") for m in methods)
@@ -104,10 +96,10 @@ def test_compare_tab_rows_marked_and_more_like_this(browser, effnet_app):
     assert (ARTIFACTS / "compare.png").stat().st_size > 20_000
 
 
-def test_one_upload_carries_across_tabs(browser, effnet_app, sample_data):
+def test_one_upload_carries_across_tabs(browser, app, sample_data):
     """A photo uploaded in the Pixel tab is the Compare tab's query too, without a second upload."""
     from retrieval.library import scan_split
-    _, url = effnet_app
+    url = app.url
     browser.get(url)
     wait = WebDriverWait(browser, WAIT_S)
     upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#pixel-image input[type=file]"))

@@ -174,7 +174,7 @@ def test_a_name_that_is_not_utf8_is_skipped_and_reported(tmp_path, model, capsys
 
 
 def test_partial_libraries_build_and_evaluate_with_exit_0(tmp_path, capsys):
-    from webui.texts import evaluation_markdown
+    from webui.texts import BEST_MARK, evaluation_markdown
 
     data = make_tiny_library(tmp_path / "data", n_train=3, n_test=1)
     shutil.rmtree(data / "test")
@@ -184,7 +184,8 @@ def test_partial_libraries_build_and_evaluate_with_exit_0(tmp_path, capsys):
     assert cli_main(["evaluate", "--index", str(tmp_path / "i1")]) == 0
     out = capsys.readouterr().out
     assert "no test split" in out and "k-fold instead" in out and "| pixel-l1 |" in out
-    assert "every image is a query" in evaluation_markdown(LookalikeIndex.open(tmp_path / "i1"))
+    text = evaluation_markdown(LookalikeIndex.open(tmp_path / "i1"))
+    assert "every image is a query" in text and text.count(BEST_MARK) == 1   # its one table, best row marked
     (tmp_path / "i1" / "evaluation.json").unlink()
     assert cli_main(["evaluate", "--index", str(tmp_path / "i1"), "--save", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["protocol"] == "kfold"

@@ -30,8 +30,10 @@ from retrieval.library import inside_root
 from retrieval.methods import PIXEL, Method
 from retrieval.metrics import METRICS
 from retrieval.search import MAX_K, MAX_TEXT_CHARS, Hit, LookalikeIndex, check_k
+from retrieval.compare import Marks, mark_hits, readable_legend, test_labels
 from retrieval.compose import MAX_TERMS, Term, split_weight
 
+from .results import GalleryItem, gallery, marks_line
 from .warmup import WarmUp
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ NOT_AN_UPLOAD = ("the query image must be an upload: upload a photo, take one wi
                  "or click an example (a file named by its path or URL is not read)")
 _HASH_FOLDER = re.compile(r"[0-9a-f]{16,128}")   # Gradio keeps each upload in a folder named by its hash
 
-Outputs = tuple[list[tuple[str, str]], str, list[dict[str, Any]]]
+Outputs = tuple[list[GalleryItem], str, list[dict[str, Any]]]   # gallery, status line, rows as data
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -267,10 +269,6 @@ def upload_name(image: Any) -> str:
     return f"the upload {Path(str(image)).name[:80]!r}"
 
 
-def format_score(score: float) -> str:
-    return f"{score:,.0f}" if abs(score) >= 1000 else f"{score:.4f}"
-
-
 def method_order(index: LookalikeIndex, method: str) -> str:
     metric = METRICS[index.parse_method(method).metric]
     return f"{metric.name}: {metric.formula}, {metric.order}"
@@ -279,12 +277,16 @@ def method_order(index: LookalikeIndex, method: str) -> str:
 class Searcher:
     """The handlers of one opened index. `files` says which files a query may name (default: the
     index's uploads, library images and test-split examples, QueryFiles.for_index); `warm` is the
-    app's start-up load (default: one never started, so a deep query loads what it needs)."""
+    app's start-up load (default: one never started, so a deep query loads what it needs); `known`:
+    the test split's classes by content (retrieval.compare.test_labels; default: read here)."""
 
-    def __init__(self, index: LookalikeIndex, files: QueryFiles | None = None, warm: WarmUp | None = None) -> None:
+    def __init__(self, index: LookalikeIndex, files: QueryFiles | None = None, warm: WarmUp | None = None,
+                 known: dict[str, str] | None = None) -> None:
         self.index = index
         self.files = files or QueryFiles.for_index(index)
         self.warm = warm or WarmUp(index)
+        # the test split's classes by content: an example comes back from the browser as a copy
+        self.known = test_labels(index) if known is None else known
 
     def _method(self, method: Any, choices: list[str], what: str = "method") -> str:
         """A method name from the page or the API: text, bounded, one this index offers."""
@@ -319,26 +321,32 @@ class Searcher:
             return "the model loads with the first deep query"
         return "model ready" + (f" (loaded in {took:.1f} s)" if took is not None else "")
 
-    def _outputs(self, hits: list[Hit], seconds: float, method: str, note: str = "") -> Outputs:
-        # An unlabelled library (a photo folder) has no class to show: the file name stands in.
-        # Only files inside the library are served: a result that is (now) a symbolic link leading
-        # out of it stays in the rows but its bytes are not handed to the gallery.
-        served = [h for h in hits if inside_root(h.path, self.index.data_dir)]
-        gallery = [(str(h.path), f"#{h.rank} {h.label or Path(h.rel).name} · {format_score(h.score)}") for h in served]
-        rows = [{"rank": h.rank, "class": h.label, "score": h.score, "file": h.rel} for h in hits]
+    def _outputs(self, hits: list[Hit], seconds: float, method: str, note: str = "",
+                 marks: Marks | None = None) -> Outputs:
+        """The gallery (framed where right and wrong are known), the status line and the raw rows.
+        Only files inside the library are served: a result that is (now) a symbolic link leading
+        out of it stays in the rows but its bytes are not handed to the gallery."""
+        m = self.index.parse_method(method)
+        correct = marks.correct if marks else None
+        served = [i for i, h in enumerate(hits) if inside_root(h.path, self.index.data_dir)]
+        shown = gallery([hits[i] for i in served], m, self.index.manifest.pixel_size ** 2 * 3,
+                        None if correct is None else [correct[i] for i in served])
+        rows = [{"rank": h.rank, "class": h.label, "score": h.score, "file": h.rel,
+                 "correct": None if correct is None else correct[i]} for i, h in enumerate(hits)]
         if len(served) < len(hits):
             note += (f" · {len(hits) - len(served)} not shown: the file leads outside the library "
                      "(a symbolic link); rebuild the index")
-        status = (f"**{len(hits)} results in {seconds * 1000:.1f} ms**{note} · `{method}` · "
-                  f"{method_order(self.index, method)}")
-        return gallery, status, rows
+        verdict = f" · {marks_line(marks)}" if marks else ""
+        status = (f"**{len(hits)} results in {seconds * 1000:.1f} ms**{note}{verdict} · `{method}` · "
+                  f"{method_order(self.index, method)} · {readable_legend(m)}")
+        return shown, status, rows
 
     def _image_search(self, image: Any, method: str, k: Any) -> Outputs:
         k = slider_k(k)
         source = query_source(image, self.files)
         note = self._ready(method)
         hits, seconds = self.index.search(source, method, k, name=upload_name(image))
-        return self._outputs(hits, seconds, method, note)
+        return self._outputs(hits, seconds, method, note, mark_hits(self.index, source, hits, self.known))
 
     def pixel(self, image: Any, metric: Any, k: Any = DEFAULT_K) -> Outputs:
         metric = self._method(metric, list(METRICS), "pixel metric")

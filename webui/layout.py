@@ -8,37 +8,60 @@ from typing import Any, Callable, Literal
 
 import gradio as gr
 
+from retrieval.compare import test_labels
 from retrieval.errors import Remedy
 from retrieval.methods import PIXEL, Method
 from retrieval.metrics import METRICS
 from retrieval.search import MAX_K, MAX_TEXT_CHARS, LookalikeIndex
 
-from .compare import compare_tab, evaluation_figures, model_title
+from .compare import compare_tab, model_title
+from .duplicates import duplicates_tab
+from .evaluation import evaluation_tab
 from .handlers import (DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, QueryFiles, Searcher, deep_methods, method_detail,
                        remedy_words, user_errors)
-from .texts import about_markdown, evaluation_markdown, example_images
+from .texts import about_markdown, example_images
 from .warmup import BEST, TabDefaults, WarmUp
 
-EXAMPLES_PER_PAGE = 15
+EXAMPLES_PER_PAGE = 10       # two rows beside the results: the Search button stays on the first screen
 MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"   # the upload route refuses more (data: URLs: handlers); load_image refuses > 64 Mpx
 CONCURRENCY = 2              # the Spaces CPU Basic tier has 2 vCPU
 PIXEL_CONCURRENCY = 4        # pixel queries are a few ms of numpy; let more of them overlap
 QUEUE_SIZE = 64              # requests queued at once, all endpoints together: bounds the memory their bodies hold
 MAX_WAIT_S = 30.0            # longest queue wait before "busy, try again" (webui.admission; docs/reliability.md)
+# Galleries as tall as their thumbnails (Gradio's own gallery keeps at least 450 px: empty space
+# under five results), with as many columns as fit (a phone gets two or three); the Compare summary
+# table in compact rows, its family and bar columns left out on a phone.
+PAGE_CSS = """
+.lk-gallery .fixed-height { min-height: 0 !important; max-height: none !important; }
+.lk-gallery .grid-wrap { overflow-y: visible !important; padding: 4px !important; }
+.lk-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
+.lk-gallery .caption-label { max-width: 100% !important; font-size: 11px !important; opacity: 0.9 !important; }
+.lk-gallery.lk-grid .grid-container { grid-template-columns: repeat(auto-fill, minmax(100px, 1fr)) !important; }
+.lk-gallery.lk-grid .thumbnail-item { aspect-ratio: 4 / 3 !important; }
+.compare-row { gap: 2px !important; }
+.lk-summary td, .lk-summary th { padding: 1px 8px !important; line-height: 1.35; }
+@media (max-width: 640px) {
+  .lk-summary .lk-wide { display: none; }
+  .lk-gallery.lk-grid .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+}
+"""
 IMAGE_SOURCES: list[Literal["upload", "webcam", "clipboard"]] = ["upload", "webcam", "clipboard"]
 
 
 def _results(tab: str) -> tuple[gr.Gallery, gr.Markdown, gr.JSON]:
-    gallery = gr.Gallery(label="Results", columns=5, height="auto", object_fit="contain", elem_id=f"{tab}-results")
+    """The status line (time, P@k), the gallery and the raw rows. The gallery takes JPEG copies of
+    the framed thumbnails (webui.results): a few ms to write, and the frame colour survives."""
     status = gr.Markdown(elem_id=f"{tab}-status")
-    with gr.Accordion("Results as data", open=False):
-        rows = gr.JSON(label="Results (rank, class, score, file)")
+    gallery = gr.Gallery(label="Results", columns=4, object_fit="contain", format="jpeg", buttons=[],
+                         elem_id=f"{tab}-results", elem_classes=["lk-gallery"])
+    with gr.Accordion("Results as data (raw scores)", open=False):
+        rows = gr.JSON(label="Results (rank, class, score, file, correct)")
     return gallery, status, rows
 
 
 def _image_input(examples: list[str], elem_id: str, examples_label: str = "Test-split images") -> gr.Image:
     image = gr.Image(label="Query image", type="filepath", sources=IMAGE_SOURCES, image_mode=None,
-                     height=280, elem_id=elem_id)
+                     height=170, elem_id=elem_id)
     if examples:
         gr.Examples(examples, inputs=image, label=f"{examples_label} (click one, then Search)",
                     examples_per_page=EXAMPLES_PER_PAGE, cache_examples=False)
@@ -52,15 +75,17 @@ def _k_slider(elem_id: str) -> gr.Slider:
 def _image_search_tab(tab: str, examples: list[str], fn: Callable[..., Outputs], api_name: str,
                       selector: Callable[[], gr.components.Component], *,
                       examples_label: str = "Test-split images", **event: Any) -> gr.Image:
-    """Query image and examples | method selector, k, Search; then the results. One endpoint."""
-    with gr.Row():
-        with gr.Column(scale=2):
+    """A compact query column (image, examples, method, k, Search) beside the results, so the
+    results land on the first screen; a narrow screen stacks them in one column. One endpoint."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
             image = _image_input(examples, f"{tab}-image", examples_label)
-        with gr.Column(scale=1):
             choice = selector()
-            k = _k_slider(f"{tab}-k")
-            button = gr.Button("Search", variant="primary", elem_id=f"{tab}-search")
-    outputs = _results(tab)
+            with gr.Row(equal_height=True):
+                k = _k_slider(f"{tab}-k")
+                button = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id=f"{tab}-search")
+        with gr.Column(scale=3, min_width=320):
+            outputs = _results(tab)
     # preprocess=False: the handler gets the payload as sent, so load_image decodes it once and its
     # errors reach the user as they are. Gradio checks nothing then: the handler accepts only an
     # upload or a library image (handlers.QueryFiles), never a path the client names.
@@ -134,15 +159,8 @@ def _deep_tab(index: LookalikeIndex, searcher: Searcher, examples: list[str], ex
 
 
 def _text_tab(index: LookalikeIndex, searcher: Searcher, deep: list[str], defaults: TabDefaults) -> None:
-    """Text search and the composed query (a model with a text encoder), or why there is none."""
-    if not index.has_text:
-        emb = index.manifest.embedder
-        built = f"was built with **{emb.spec}**, which has no text encoder" if emb else "holds pixels only"
-        gr.Markdown("Text search needs a model with a text encoder (CLIP), which maps words and pictures "
-                    f"into the same vector space. This index {built}, so there is nothing to compare a "
-                    "sentence with. "
-                    + remedy_words(Remedy.BUILD_WITH_CLIP, " to enable this tab: see *Your own photos* in the README."))
-        return
+    """Text search and the composed query (an index whose model has a text encoder: build_demo
+    shows this tab only then, and About says why it is missing otherwise)."""
     with gr.Row():
         prompt = gr.Textbox(label="Describe what to find", placeholder="a red apple",
                             max_length=MAX_TEXT_CHARS, scale=3, elem_id="text-prompt")
@@ -156,12 +174,21 @@ def _text_tab(index: LookalikeIndex, searcher: Searcher, deep: list[str], defaul
 
 
 def _pixel_metric(defaults: TabDefaults) -> gr.Radio:
-    """The pixel metrics (values: the metric names), starting on the best measured one (marked)."""
-    choices = [(defaults.label(Method(PIXEL, n), n.upper() if len(n) == 2 else n, f"{m.formula} ({m.order})"), n)
-               for n, m in METRICS.items()]
+    """The pixel metrics (values: the metric names), starting on the best measured one (marked);
+    short labels, so the four fit on two lines beside the results, and the formulas below them."""
+    names = {"l1": "L1", "l2": "L2", "cosine": "cosine", "corr": "correlation"}
+    choices = [(names.get(n, n) + (f" · {BEST}" if defaults.marked(Method(PIXEL, n)) else ""), n) for n in METRICS]
+    info = "; ".join(f"{names.get(n, n)}: {m.formula}" for n, m in METRICS.items())
     return gr.Radio(choices, value=defaults.pixel.metric, label="Metric", elem_id="pixel-metric",
-                    info="L1 and L2 are distances (results sorted smallest first); "
-                         "cosine and correlation are similarities (largest first).")
+                    info=f"{info}. L1 and L2 rank the smallest first, cosine and correlation the largest.")
+
+
+def _headline(index: LookalikeIndex) -> str:
+    """The page's title and one line on what it does (text search only where the index has it)."""
+    ways = "by raw pixels, by deep features" + (", or by a text description" if index.has_text else "")
+    frames = ": green frames share the query's class, red ones do not" if any(index.labels.tolist()) else ""
+    return (f"# Lookalike\nFind the library images that look most like yours, {ways}. Click an example "
+            f"or upload a photo, then **Search**{frames}.")
 
 
 def build_demo(index: LookalikeIndex, warm: WarmUp | None = None) -> gr.Blocks:
@@ -171,12 +198,12 @@ def build_demo(index: LookalikeIndex, warm: WarmUp | None = None) -> gr.Blocks:
     strip = example_images(index)   # test-split images, else a few library images; no exact copies
     examples, examples_label = strip.paths, strip.label
     files = QueryFiles(index, examples)   # what a query may name: uploads, library images, these examples
-    searcher = Searcher(index, files, warm)
+    known = test_labels(index)            # the test split's classes by content, read once
+    searcher = Searcher(index, files, warm, known)
     deep = deep_methods(index)
     defaults = TabDefaults.of(index)   # each selector starts on its best measured method
     with gr.Blocks(title="Lookalike: image search", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# Lookalike\nFind the library images that look most like yours: by raw pixels, "
-                    "by deep features, or (with a CLIP index) by a text description.")
+        gr.Markdown(_headline(index))
         _model_status(searcher, demo)
         with gr.Tab("Pixel metrics"):
             query_images = [_image_search_tab("pixel", examples, searcher.pixel, "search_pixel",
@@ -185,13 +212,15 @@ def build_demo(index: LookalikeIndex, warm: WarmUp | None = None) -> gr.Blocks:
                                               concurrency_limit=PIXEL_CONCURRENCY)]
         with gr.Tab("Deep features"):   # the model is a detail inside (a phone cuts long tab titles)
             query_images += _deep_tab(index, searcher, examples, examples_label, deep, defaults)
-        with gr.Tab("Text → image"):
-            _text_tab(index, searcher, deep, defaults)
+        if index.has_text:   # without a text encoder there is no Text tab; About says why
+            with gr.Tab("Text → image"):
+                _text_tab(index, searcher, deep, defaults)
         with gr.Tab("Compare"):   # one query through every method (webui/compare.py)
-            compare_tab(index, examples, examples_label, query_images, files)
+            compare_tab(index, examples, examples_label, query_images, files, known)
         with gr.Tab("Evaluation"):
-            gr.Markdown(evaluation_markdown(index))
-            evaluation_figures(index)
+            evaluation_tab(index)
+        with gr.Tab("Duplicates"):   # near-duplicate groups of this library (webui/duplicates.py)
+            duplicates_tab(index)
         with gr.Tab("About"):
             gr.Markdown(about_markdown(index, strip.test_counts))
     from .admission import bounded_queue   # Gradio's queue, plus a bound on each request's wait
@@ -205,7 +234,7 @@ def launch_options(index: LookalikeIndex) -> dict[str, Any]:
     lock and manifest are nobody's download); cap upload and request sizes; refuse malformed API
     calls before they reach Gradio (limits.ApiGuard)."""
     from .limits import guards
-    return {"allowed_paths": [str(index.data_dir.resolve())],
+    return {"allowed_paths": [str(index.data_dir.resolve())], "css": PAGE_CSS,
             "max_file_size": MAX_UPLOAD, "app_kwargs": {"middleware": guards(index)}}
 
 

@@ -11,12 +11,15 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, cast
 
 from retrieval.attribution import read_attribution
 from retrieval.errors import LibraryError, LookalikeError
+from retrieval.evaluate import measured_on
+from retrieval.evaluation_file import Report, best_method, load, problem
 from retrieval.library import evaluation_skip_reason, file_sha256, inside_root, scan_split
 from retrieval.methods import Method
+from retrieval.records import EmbedderRecord
 from retrieval.paths import ATTRIBUTION, ATTRIBUTION_MD, EVALUATION, PROJECT_ROOT
 from retrieval.search import LookalikeIndex
 
@@ -32,20 +35,18 @@ METRIC_WHY = {
 # What a visitor reads where the evaluation is missing or unusable: who can fix it, in plain words
 # (the page names no commands or flags: a visitor cannot run any; docs/evaluation.md has them).
 EVALUATE_AGAIN = "Whoever runs this app can write it anew by evaluating the index again."
-
+BEST_MARK = "★ best"   # the best row of a scores table (the Evaluation tab's winner sentence names it)
 
 
 def read_evaluation(index_dir: Path) -> dict[str, Any] | None:
     """The index's evaluation report, or None when there is none or it is malformed (a hand edit,
     a Hub pull): the tab then says so (evaluation_problem) and the app starts all the same. As
     plain JSON: the tab reads it field by field (retrieval.evaluation_file reads and checks it)."""
-    from retrieval.evaluation_file import load
     return load(index_dir).json
 
 
 def evaluation_problem(report: Any) -> str | None:
     """What makes a parsed evaluation.json unusable, or None (retrieval.evaluation_file.problem)."""
-    from retrieval.evaluation_file import problem
     return problem(report)
 
 
@@ -121,7 +122,6 @@ def evaluation_markdown(index: LookalikeIndex) -> str:
 
 
 def _evaluation_markdown(index: LookalikeIndex) -> str:
-    from retrieval.evaluate import format_table
     report = read_evaluation(index.index_dir)
     skip = evaluation_skip_reason(index.manifest.labels, index.rels, index.data_dir)
     if report is None and skip:
@@ -132,19 +132,18 @@ def _evaluation_markdown(index: LookalikeIndex) -> str:
     if report is not None and report.get("protocol") == "kfold":   # labelled, but no test split
         return (f"This library has no test split, so every image is a query against the other "
                 f"{report.get('folds', '?')} folds (class-stratified, seed {report.get('seed', '?')}); a result is "
-                f"relevant when it has the query's class.\n\n{format_table(report)}\n\n{explain_winner(report)}")
+                f"relevant when it has the query's class.\n\n{explain_winner(report)}\n\n{scores_table(report)}")
     if report is None:
         return f"No `{EVALUATION}` in the index folder: the index was built without its evaluation. {EVALUATE_AGAIN}"
     return kfold_markdown(report) + (
             f"### Test split as queries\n\nEvery test image is a query against the train library; a result is relevant when it has "
             f"the query's class. P@k is the share of relevant results in the top k; mAP averages precision "
             f"over the whole ranking. Computed when the index was built (`{EVALUATION}`).\n\n"
-            f"{format_table(report)}\n\n{explain_winner(report)}")
+            f"{explain_winner(report)}\n\n{scores_table(report)}")
 
 
 def kfold_markdown(report: dict[str, Any]) -> str:
     """The k-fold section (first: with every image a query, it holds where the test split is small)."""
-    from retrieval.evaluate import format_table
     kfold = report.get("kfold") or {}
     if not kfold.get("methods"):
         return ""
@@ -152,7 +151,33 @@ def kfold_markdown(report: dict[str, Any]) -> str:
             f"{kfold['folds']} class-stratified folds (seed {kfold['seed']}); every image queries the other folds, "
             f"and re-ranking's library side is recomputed without the query's fold. With {kfold['queries']} queries "
             f"instead of {report['queries']}, the 95% intervals are narrow enough to rank methods.\n\n"
-            f"{format_table(kfold)}\n\n{explain_winner(kfold)}\n\n")
+            f"{explain_winner(kfold)}\n\n{scores_table(kfold)}\n\n")
+
+
+def best_name(scores: Mapping[str, Any]) -> str | None:
+    """The method a report (or its k-fold part) scores best, as evaluation_file.best_method picks it
+    (the first of equal scores); names outside the grammar (a hand edit) are not candidates."""
+    parsed = [m for m in map(_parsed, scores.get("methods") or {}) if m is not None]
+    best = best_method(cast(Report, scores), parsed)
+    return None if best is None else str(best)
+
+
+def scores_table(scores: Mapping[str, Any]) -> str:
+    """A Markdown table, best mAP first, the best row in bold and marked; one number format per
+    column (three decimals); chance last, then what was measured."""
+    ks = [key for key in scores["chance"] if key.startswith("p@")]
+    best = best_name(scores)
+    lines = ["| method | " + " | ".join(k.upper() for k in ks) + " | mAP | 95% CI |",
+             "|---|" + "---|" * (len(ks) + 2)]
+    for name, r in sorted(scores["methods"].items(), key=lambda kv: -kv[1]["map"]):
+        ci = f"{r['map_ci'][0]:.3f}–{r['map_ci'][1]:.3f}" if r.get("map_ci") else ""
+        cells = [*(f"{r[k]:.3f}" for k in ks), f"{r['map']:.3f}", ci]
+        if name == best:
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append(f"| {f'**{name}** {BEST_MARK}' if name == best else name} | " + " | ".join(cells) + " |")
+    lines.append("| *chance* | " + " | ".join(f"{scores['chance'][k]:.3f}" for k in ks)
+                 + f" | {scores['chance']['map']:.3f} | |")
+    return "\n".join(lines) + f"\n\n{measured_on(scores)}"
 
 
 def shown_path(path: Path) -> str:
@@ -206,7 +231,33 @@ def _library_line(items: list, train: Counter, test_counts: Counter) -> str:
             "used as examples and queries.")
 
 
+def how_to_use(index: LookalikeIndex) -> str:
+    """The About tab's first lines: what to do with the app, in three steps."""
+    labelled = any(index.manifest.labels)
+    tabs = ["Pixel metrics"] + (["Deep features"] if index.manifest.embedder else []) \
+        + (["Text → image"] if index.has_text else [])
+    frames = (" For an example query, a green frame marks a result of its class, a red frame another class."
+              if labelled else "")
+    evaluation = " **Evaluation** says which method wins on this library." if labelled else ""
+    return ("### How to use\n"
+            "1. **Pick a query:** click one of the example images, or upload, paste or photograph your own.\n"
+            f"2. **Search:** choose a tab ({', '.join(tabs)}) and a method, then press *Search*.{frames}\n"
+            f"3. **Compare** runs every method on one query at once.{evaluation}")
+
+
+def no_text_tab(embedder: EmbedderRecord | None) -> str:
+    """Why the app has no Text tab, in one plain sentence ("" when its model has a text encoder)."""
+    if embedder is not None and embedder.has_text:
+        return ""
+    built = (f"with {embedder.spec.rpartition(':')[2]}, which has no text encoder" if embedder
+             else "with pixels only")
+    return ("There is no Text tab because text search needs a CLIP index: this one was built "
+            f"{built}, and whoever runs this app can rebuild it with CLIP.")
+
+
 def about_markdown(index: LookalikeIndex, test_counts: Counter) -> str:
+    """How to use the app (three lines, and why there is no Text tab where there is none), then the
+    reference: the library, its credits, the model, the index and how it is rebuilt."""
     m = index.manifest
     train = Counter(m.labels)
     rows = "\n".join(f"| {c} | {train[c]} | {test_counts.get(c, 0)} |" for c in sorted(set(train) | set(test_counts)))
@@ -219,7 +270,11 @@ def about_markdown(index: LookalikeIndex, test_counts: Counter) -> str:
     chroma = f"Chroma collections `{m.chroma.prefix}-*` ({m.chroma.mode})" if m.chroma else "no Chroma collections"
     versions = ", ".join(f"{k} {v}" for k, v in m.versions.items())
     build_model = f"with the same model (`{emb.spec}`)" if emb else "(pixels only, or with a model for deep search)"
-    return f"""### Library
+    text = no_text_tab(emb)
+    head = how_to_use(index) + (f"\n\n{text}" if text else "")
+    return f"""{head}
+
+### Library
 {_library_line(m.items, train, test_counts)}
 
 | class | library | test |
