@@ -176,7 +176,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         line = f"{name}\t{METRICS[m.metric].order}\t{'HNSW (Chroma)' if m.hnsw else 'exact'}"
         if m.reranked:   # what the re-ranking adds, and its recorded k / alpha / space
             from .rerank import describe
-            line += "\tre-ranked: " + " + ".join(x for x, on in (("DBA", m.dba), ("alpha-QE", m.qe)) if on) \
+            line += "\tre-ranked: " + " + ".join(x for x, on in (("DBA", m.dba), ("alpha-QE", m.qe), ("k-reciprocal", m.kr)) if on) \
                 + f", {describe(index.rerank_settings(m.source))}"
         print(line)
     for source, why in (index.manifest.rerank.skipped if index.manifest.rerank else {}).items():

@@ -53,6 +53,8 @@ class Comparison:
 
 def scale_text(m: Method) -> str:
     """How to read a method's scores (the Compare tab and the CLI print it beside the numbers)."""
+    if m.kr:
+        return "1 − the k-reciprocal mixed distance after DBA + QE (1 = the same image)"
     if m.reranked:
         return "cosine after " + " + ".join(x for x, on in (("DBA", m.dba), ("QE", m.qe)) if on) + ", on −1..1 (1 = same direction)"
     if m.hnsw:
@@ -84,6 +86,8 @@ def readable_score(m: Method, score: float, dims: int, *, short: bool = False) -
 
 def readable_legend(m: Method) -> str:
     """What readable_score's numbers mean, in a visitor's words."""
+    if m.kr:
+        return "% = similarity after k-reciprocal re-ranking (100% = the same image)"
     if m.reranked or m.metric in ("cosine", "corr"):
         what = "correlation" if m.metric == "corr" and not m.reranked else "cosine similarity"
         return f"% = {what} as a percentage (100% = the same pattern)"

@@ -227,6 +227,9 @@ def _load_embedder(model: str | None, old: Manifest | None, precision: str):
     """The build's embedder, in the build's precision (see _set_build_precision)."""
     from .embedders import load_embedder
     embedder = load_embedder(None if model in (None, "auto") else model)
+    if old and old.embedder and old.embedder.name == embedder.name and old.embedder.spec != embedder.spec:
+        log.info("the model's features changed (%s, was %s): every image is embedded again",
+                 embedder.spec, old.embedder.spec)
     before = old.embedder if old and old.embedder and old.embedder.spec == embedder.spec else None
     _set_build_precision(embedder, precision, before.precision if before else None)
     return embedder

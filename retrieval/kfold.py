@@ -112,22 +112,24 @@ def build_pool(index: LookalikeIndex, data_dir: Path | None = None,
 
 
 def kfold_library_side(pool: Pool, source: str, folds: np.ndarray, fold: int, settings: Settings,
-                       with_dba: bool = True) -> LibrarySide:
-    """Re-ranking's library side for `fold`: computed from the rows of the other folds ONLY."""
+                       with_dba: bool = True, with_kr: bool = False) -> LibrarySide:
+    """Re-ranking's library side for `fold` (the transform, DBA, the k-reciprocal graph): computed
+    from the rows of the other folds ONLY."""
     lib = folds != fold
-    return library_side(pool.vectors[source][lib], settings, pool.pixel_size if source == "pixel" else None, with_dba)
+    return library_side(pool.vectors[source][lib], settings, pool.pixel_size if source == "pixel" else None,
+                        with_dba, with_kr)
 
 
 def _fold_scores(pool: Pool, m: Method, settings: Settings | None, lib: np.ndarray, q: np.ndarray,
                  side: LibrarySide | None) -> np.ndarray:
     """(Q, L) scores, higher = more similar, of the fold's queries against the other folds."""
     vec = pool.vectors[m.source]
-    if not (m.dba or m.qe):
+    if not m.reranked:
         scores = PreparedMatrix(vec[lib]).scores(vec[q], m.metric).reshape(int(q.sum()), -1)
         return scores if m.higher_is_better else -scores
     assert settings is not None and side is not None, "a re-ranked method comes with its settings and side"
-    queries = space_rows(vec[q], settings, pool.pixel_size if m.source == "pixel" else None)
-    return rerank_scores(queries, side, settings, m.dba, m.qe)
+    queries = space_rows(vec[q], settings, pool.pixel_size if m.source == "pixel" else None, side.transform)
+    return rerank_scores(queries, side, settings, m.dba, m.qe, use_kr=m.kr)
 
 
 def _aps_from_scores(scores: np.ndarray, q_labels: np.ndarray, lib_labels: np.ndarray,
@@ -152,9 +154,9 @@ def kfold_method_aps(pool: Pool, m: Method, folds: np.ndarray, settings: Setting
     for f in np.unique(folds):
         q, lib = folds == f, folds != f
         side = None
-        if m.dba or m.qe:
+        if m.reranked:
             assert settings is not None, "a re-ranked method is evaluated with its settings"
-            side = kfold_library_side(pool, m.source, folds, int(f), settings, m.dba)
+            side = kfold_library_side(pool, m.source, folds, int(f), settings, m.dba, m.kr)
         scores = _fold_scores(pool, m, settings, lib, q, side)
         skip = shas[q][:, None] == shas[lib][None, :]
         a, p = _aps_from_scores(scores, pool.labels[q], pool.labels[lib], skip, ks)
@@ -177,7 +179,7 @@ def evaluate_kfold(index: LookalikeIndex, *, methods: Sequence[str] | None = Non
     scores: dict[str, Scores] = {}
     for m in tqdm(parsed, desc="k-fold", unit="method", leave=False):
         t0 = time.perf_counter()
-        settings = index.rerank_settings(m.source) if (m.dba or m.qe) else None
+        settings = index.rerank_settings(m.source) if m.reranked else None
         aps, pk = kfold_method_aps(pool, m, fold_of, settings, ks)
         scores[m.name] = method_scores(aps, pk, pool.labels)
         scores[m.name]["seconds"] = round(time.perf_counter() - t0, 2)
@@ -190,15 +192,64 @@ def evaluate_kfold(index: LookalikeIndex, *, methods: Sequence[str] | None = Non
         methods=scores)
 
 
+K1S = (20, 30, 40, 50)        # the k-reciprocal grid: k1 (reciprocal neighbours) ...
+K2S = (1, 3, 6, 10)           # ... k2 (local query expansion) ...
+LAMS = (0.1, 0.3, 0.5)        # ... and lambda (weight of the original distance)
+PCAS = (0, 64, 128, 256)      # the transform's basis sizes tried (0: centring only)
+PLATEAU = 0.01                # a chosen cell's neighbours are within this of it
+
+
 class TuneTable(TypedDict):
-    """One source's k x alpha grid of k-fold mAP, the best cell, and the refinements toggled there."""
+    """One source's k x alpha grid of k-fold mAP, the best cell, and the refinements toggled there;
+    for a source with k-reciprocal re-ranking its k1 x k2 x lambda grid, and the transforms tried."""
 
     source: str
     metric: str
-    grid: dict[str, dict[str, float]]   # "+qe" / "+dba+qe" -> "k/alpha" -> mAP
-    best: dict[str, float]              # {"k", "alpha"} of the best +dba+qe cell
+    grid: dict[str, dict[str, float]]   # "+qe" / "+dba+qe" (/ "+dba+qe+kr") -> "k/alpha" -> mAP
+    best: dict[str, float]              # {"k", "alpha", "map", "worst_neighbour"}: the last grid's plateau cell
     refinements: dict[str, float]       # "plain ...", "as chosen", "with(out) sqrt", "with(out) flip" -> mAP
     recorded: dict[str, Any]            # the settings the manifest records
+    reciprocal: dict[str, float]        # "k1/k2/lambda" -> mAP of +dba+qe+kr (at the recorded k, alpha)
+    plateau: dict[str, float]           # the +kr cell chosen on a plateau: k1, k2, lam, map, worst_neighbour
+    transforms: dict[str, float]        # "none", "centre", "pca-64", ... -> mAP of +dba+qe
+
+
+def plateau_cell(grid: dict[tuple, float]) -> tuple[tuple, float]:
+    """The best cell among those whose neighbours (one step along one axis) are all within PLATEAU
+    of it: a plateau, not a lone peak (without any, the cell whose worst neighbour is best).
+    Returns it and its worst neighbour's value."""
+    axes = [sorted({cell[i] for cell in grid}) for i in range(len(next(iter(grid))))]
+
+    def worst(cell: tuple) -> float:
+        values = [grid[cell]]
+        for i, axis in enumerate(axes):
+            at = axis.index(cell[i])
+            for j in (at - 1, at + 1):
+                if 0 <= j < len(axis):
+                    values.append(grid.get(cell[:i] + (axis[j],) + cell[i + 1:], grid[cell]))
+        return min(values)
+    flat = [c for c in grid if grid[c] - worst(c) <= PLATEAU + 1e-9]
+    chosen = max(flat, key=lambda c: (grid[c], worst(c))) if flat else max(grid, key=lambda c: (worst(c), grid[c]))
+    return chosen, worst(chosen)
+
+
+def _reciprocal_grid(pool: Pool, fold_of: np.ndarray, base: Settings,
+                     plain: Method) -> tuple[dict[str, float], dict[str, float]]:
+    """+dba+qe+kr's k-fold mAP over K1S x K2S x LAMS, and the plateau cell."""
+    m = replace(plain, dba=True, qe=True, kr=True)
+    cells = {(k1, k2, lam): float(kfold_method_aps(pool, m, fold_of, replace(base, k1=k1, k2=k2, lam=lam))[0].mean())
+             for k1 in K1S for k2 in K2S for lam in LAMS}
+    (k1, k2, lam), worst = plateau_cell(cells)
+    return ({f"{a}/{b}/{c:g}": v for (a, b, c), v in cells.items()},
+            {"k1": k1, "k2": k2, "lam": lam, "map": cells[(k1, k2, lam)], "worst_neighbour": worst})
+
+
+def _transform_row(pool: Pool, fold_of: np.ndarray, base: Settings, plain: Method) -> dict[str, float]:
+    """+dba+qe's k-fold mAP without the library-side transform, with centring only, and with PCA."""
+    m = replace(plain, dba=True, qe=True)
+    tried = {"none": replace(base, centre=False, pca=0)}
+    tried.update({("centre" if d == 0 else f"pca-{d}"): replace(base, centre=True, pca=d) for d in PCAS})
+    return {name: float(kfold_method_aps(pool, m, fold_of, s)[0].mean()) for name, s in tried.items()}
 
 
 def tune_table(index: LookalikeIndex, source: str, *, folds: int = FOLDS, seed: int = SEED,
@@ -210,17 +261,19 @@ def tune_table(index: LookalikeIndex, source: str, *, folds: int = FOLDS, seed: 
     base = index.rerank_settings(source)
     plain = index.parse_method(f"{source}-{base.metric}")
     grid: dict[str, dict[str, float]] = {}
-    for suffix in ("+qe", "+dba+qe"):
+    suffixes = ("+qe", "+dba+qe") + (("+dba+qe+kr",) if base.k1 and source in index.reranker.record.reciprocal()
+                                     else ())
+    for suffix in suffixes:   # the last is the source's best re-ranking: its grid chooses k and alpha
         m = index.parse_method(plain.name + suffix)
         for k in RERANK_KS:
             for a in ALPHAS:
                 s = replace(base, k=k, alpha=a)
                 grid.setdefault(suffix, {})[f"{k}/{a:g}"] = float(kfold_method_aps(pool, m, fold_of, s)[0].mean())
-    table = grid["+dba+qe"]
-    best = max(table, key=lambda cell: table[cell])
-    k_best, a_best = best.split("/")
+    table = grid[suffixes[-1]]
+    (k_best, a_best), worst = plateau_cell({(k, a): table[f"{k}/{a:g}"] for k in RERANK_KS for a in ALPHAS})
+    best = f"{k_best}/{a_best:g}"
     chosen = replace(base, k=int(k_best), alpha=float(a_best))
-    m = index.parse_method(plain.name + "+dba+qe")
+    m = index.parse_method(plain.name + suffixes[-1])
     refinements = {f"plain {plain.name}": float(kfold_method_aps(pool, plain, fold_of, None)[0].mean()),
                    "as chosen": table[best]}
     toggles = [("sqrt", replace(chosen, sqrt=not chosen.sqrt))]
@@ -229,8 +282,12 @@ def tune_table(index: LookalikeIndex, source: str, *, folds: int = FOLDS, seed: 
     for what, s in toggles:
         on = getattr(s, what)
         refinements[f"{'with' if on else 'without'} {what}"] = float(kfold_method_aps(pool, m, fold_of, s)[0].mean())
-    return TuneTable(source=source, metric=base.metric, grid=grid, best={"k": chosen.k, "alpha": chosen.alpha},
-                     refinements=refinements, recorded=base.to_json())
+    kr, plateau = _reciprocal_grid(pool, fold_of, base, plain) if base.k1 else ({}, {})
+    transforms = _transform_row(pool, fold_of, base, plain) if source != "pixel" else {}
+    return TuneTable(source=source, metric=base.metric, grid=grid,
+                     best={"k": chosen.k, "alpha": chosen.alpha, "map": table[best], "worst_neighbour": worst},
+                     refinements=refinements, recorded=base.to_json(), reciprocal=kr, plateau=plateau,
+                     transforms=transforms)
 
 
 def format_tune(table: TuneTable) -> str:
@@ -242,7 +299,28 @@ def format_tune(table: TuneTable) -> str:
         lines.append("|---|" + "---|" * len(ALPHAS))
         for k in RERANK_KS:
             lines.append(f"| {k} | " + " | ".join(f"{cells[f'{k}/{a:g}']:.3f}" for a in ALPHAS) + " |")
-    lines.append(f"\nbest +dba+qe: k={table['best']['k']}, alpha={table['best']['alpha']:g}; "
+    lines.append(f"\nbest {list(table['grid'])[-1]} on a plateau: k={table['best']['k']}, alpha={table['best']['alpha']:g} (mAP "
+                 f"{table['best']['map']:.3f}, its neighbours >= {table['best']['worst_neighbour']:.3f}); "
                  f"recorded in the manifest: k={table['recorded']['k']}, alpha={table['recorded']['alpha']:g}")
     lines.append("refinements at the best k/alpha: " + ", ".join(f"{k} {v:.3f}" for k, v in table["refinements"].items()))
+    if table["transforms"]:
+        lines.append(f"library-side transform, {table['source']}-{table['metric']}+dba+qe at the recorded k/alpha: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in table["transforms"].items()))
+    if table["reciprocal"]:
+        lines += _format_reciprocal(table)
     return "\n".join(lines)
+
+
+def _format_reciprocal(table: TuneTable) -> list[str]:
+    """The k1 x k2 grid, one table per lambda, and the plateau cell."""
+    lines = []
+    for lam in LAMS:
+        lines.append(f"\n{table['source']}-{table['metric']}+dba+qe+kr, lambda {lam:g}: k-fold mAP\n")
+        lines.append("| k1 \\ k2 | " + " | ".join(str(k2) for k2 in K2S) + " |")
+        lines.append("|---|" + "---|" * len(K2S))
+        for k1 in K1S:
+            lines.append(f"| {k1} | " + " | ".join(f"{table['reciprocal'][f'{k1}/{k2}/{lam:g}']:.3f}" for k2 in K2S) + " |")
+    p, rec = table["plateau"], table["recorded"]
+    lines.append(f"\nplateau +kr cell: k1={p['k1']:g}, k2={p['k2']:g}, lambda={p['lam']:g} (mAP {p['map']:.3f}, its "
+                 f"neighbours >= {p['worst_neighbour']:.3f}); recorded: k1={rec['k1']}, k2={rec['k2']}, lambda={rec['lam']:g}")
+    return lines

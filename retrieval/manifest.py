@@ -170,6 +170,17 @@ class Manifest:
         """The same checks for a re-ranking (DBA) array of `width` values per row (retrieval.rerank)."""
         self._check(path, arr, "re-ranking (DBA)", width, ("float32",), "its source's vectors")
 
+    def check_stored(self, path: Path, arr: np.ndarray, kind: str) -> None:
+        """A re-ranking file with its own layout (the transform, the k-reciprocal graph; their
+        readers check the layout): finite values and the build-time checksum."""
+        def bad(what: str) -> IndexError_:
+            return IndexError_(f"the {kind} array {path.name} is damaged: {what}; {REBUILD}", remedy=Remedy.REBUILD_INDEX)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise bad("it holds NaN or infinite values")
+        want = self.checksums.get(path.name)
+        if want is None or want != array_checksum(arr):
+            raise bad("its contents changed after the build (the checksum in the manifest does not match)")
+
     def _check(self, path: Path, arr: np.ndarray, kind: str, width: int | None, dtypes: tuple[str, ...],
                width_from: str) -> None:
         def bad(what: str) -> IndexError_:
@@ -196,7 +207,7 @@ class Manifest:
                           **{f: array_checksum(np.load(Path(index_dir) / f, mmap_mode="r")) for f in self.files()}}
 
     def files(self) -> list[str]:
-        """Every array file this manifest names: the pixels, the embeddings, the DBA rows."""
+        """Every array file this manifest names: the pixels, the embeddings, the re-ranking files."""
         return ([self.pixels_file] + ([self.embedder.file] if self.embedder else [])
                 + (self.rerank.files() if self.rerank else []))
 

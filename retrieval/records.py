@@ -132,23 +132,45 @@ class ChromaRecord:
 
 @dataclass(frozen=True)
 class RerankSource:
-    """One vector source's re-ranking: its settings and its DBA array file."""
+    """One vector source's re-ranking: its settings, its DBA array file and, where the settings ask
+    for them, the library-side transform's file and the k-reciprocal graph's two files."""
 
     settings: Settings
     dba_file: str
+    space_file: str | None = None                  # retrieval.rerank.transform: mean and basis
+    graph_files: tuple[str, str] | None = None     # retrieval.rerank.reciprocal: (int64, float32)
 
     @classmethod
     def from_json(cls, raw: Any) -> "RerankSource":
         raw = _object(raw, "re-ranking source")
         settings = Settings.from_json(raw)
-        if settings.metric not in METRICS or type(settings.k) is not int or settings.k < 1 \
-                or not isinstance(settings.alpha, (int, float)) or isinstance(settings.alpha, bool) \
-                or not all(isinstance(x, bool) for x in (settings.sqrt, settings.flip)):
+        if not _usable(settings):
             raise Damaged(f"a re-ranking source's settings are unusable ({settings})")
-        return cls(settings, _text(raw, "dba_file", "re-ranking source"))
+        graph = raw.get("graph_files")
+        if graph is not None and not (isinstance(graph, list) and len(graph) == 2
+                                      and all(isinstance(g, str) and g for g in graph)):
+            raise Damaged("a re-ranking source's graph_files are not two file names")
+        return cls(settings, _text(raw, "dba_file", "re-ranking source"),
+                   _optional_text(raw, "space_file", "re-ranking source"), tuple(graph) if graph else None)
+
+    def files(self) -> list[str]:
+        return [self.dba_file, *([self.space_file] if self.space_file else []), *(self.graph_files or ())]
 
     def to_json(self) -> JsonDict:
-        return {**self.settings.to_json(), "dba_file": self.dba_file}
+        return _without_none({**self.settings.to_json(), "dba_file": self.dba_file, "space_file": self.space_file,
+                              "graph_files": list(self.graph_files) if self.graph_files else None})
+
+
+def _usable(s: Settings) -> bool:
+    """Settings of the types and ranges the build writes."""
+    def whole(v: Any, low: int) -> bool:
+        return type(v) is int and v >= low
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (s.metric in METRICS and whole(s.k, 1) and number(s.alpha) and whole(s.pca, 0) and whole(s.k1, 0)
+            and whole(s.k2, 1) and number(s.lam) and 0 <= s.lam <= 1
+            and all(isinstance(x, bool) for x in (s.sqrt, s.flip, s.centre)))
 
 
 @dataclass(frozen=True)
@@ -175,7 +197,11 @@ class RerankRecord:
 
     def files(self) -> list[str]:
         """Every index file this record names (so stale-file cleanup keeps them)."""
-        return [src.dba_file for src in self.sources.values()]
+        return [f for src in self.sources.values() for f in src.files()]
+
+    def reciprocal(self) -> frozenset[str]:
+        """The sources with a k-reciprocal graph (their +dba+qe+kr methods)."""
+        return frozenset(name for name, src in self.sources.items() if src.graph_files)
 
     def metrics(self) -> dict[str, str]:
         """Source -> the metric its re-ranked methods use."""

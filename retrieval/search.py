@@ -97,7 +97,8 @@ class LookalikeIndex:
         rerank = manifest.rerank
         self._offered = {str(m): m for m in offered(
             emb.name if emb else None, hnsw=manifest.chroma is not None,
-            reranked=rerank.metrics() if rerank else {}, hnsw_reranked=bool(rerank and rerank.chroma_prefix))}
+            reranked=rerank.metrics() if rerank else {}, hnsw_reranked=bool(rerank and rerank.chroma_prefix),
+            reciprocal=rerank.reciprocal() if rerank else frozenset())}
 
     def holds(self, rel: str) -> bool:
         """True when `rel` (a path relative to the library root, with forward slashes) is one of
@@ -152,7 +153,7 @@ class LookalikeIndex:
 
         return Reranker(record, plain, pixel_size=self.manifest.pixel_size, index_dir=self.index_dir,
                         check_dba=self.manifest.check_dba, dba_store=dba_store if chroma and prefix else None,
-                        row_of=self._row_by_rel)
+                        row_of=self._row_by_rel, check_stored=self.manifest.check_stored)
 
     def use_model(self, spec: str) -> None:
         """Load the embedder named by `spec` and check that it is the one the index was built with."""

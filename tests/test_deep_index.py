@@ -137,4 +137,4 @@ def test_clip_checkpoint_index_text_search_and_model_mismatch(tiny_library, tmp_
 def test_evaluation_covers_every_method(sample_effnet_index):
     report = evaluate_index(LookalikeIndex.open(sample_effnet_index), methods=None)
     assert set(report["methods"]) == set(LookalikeIndex.open(sample_effnet_index).methods)
-    assert len(report["methods"]) == 10 + 7   # plain, and re-ranked (3 pixel, 3 effnet, 1 through Chroma)
+    assert len(report["methods"]) == 10 + 8   # plain, and re-ranked (3 pixel, 4 effnet, 1 through Chroma)

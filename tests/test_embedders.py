@@ -153,7 +153,7 @@ def test_backbone_weights_are_real_imagenet_weights(effnet):
 
 def test_backbone_vectors_and_no_text(effnet):
     assert (effnet.name, effnet.dim, effnet.has_text, effnet.spec) == \
-        ("effnet", 1280, False, "effnet:efficientnet-lite0")
+        ("effnet", 1280, False, "effnet:efficientnet-lite0:whole224-gem2")
     rgba = Image.new("RGBA", (50, 30), (255, 0, 0, 0))   # transparent: flattened onto white
     v = effnet.encode_images(_pictures(2) + [rgba, Image.new("RGB", (50, 30), "white")])
     assert v.shape == (4, 1280) and _unit_rows(v)

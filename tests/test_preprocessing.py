@@ -45,15 +45,34 @@ def test_split_equals_the_models_own_transform(which, effnet, clip):
     emb = {"effnet": effnet, "clip": clip}[which]
     assert emb.split is not None
     imgs = [_photo(300 + 37 * i, 200 + 53 * i, seed=i) for i in range(3)]
-    theirs = torch.stack([emb.preprocess(im) for im in imgs])
-    batch = torch.stack([emb._prepare(im) for im in imgs])
-    assert batch.dtype == torch.uint8
-    ours = emb.split.normalise(batch, torch.float32)
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    for im in imgs:   # the whole-image backbone keeps each image's shape: compared one by one
+        theirs = emb.preprocess(im)[None]
+        batch = emb._prepare(im)[None]
+        assert batch.dtype == torch.uint8
+        ours = emb.split.normalise(batch, torch.float32)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
 def test_draft_sizes_come_from_the_first_resize(effnet, clip):
-    assert effnet.split.draft_size == 256 and clip.split.draft_size == 224
+    assert effnet.split.draft_size == 224 and clip.split.draft_size == 224
+
+
+def test_whole_image_keeps_the_aspect_ratio_in_size_buckets():
+    """Short side 224, long side rounded to 32 px and capped at 2:1: images of similar shape share
+    a size (and a batch); a panorama keeps its centre."""
+    from retrieval.embedders.preprocessing import WholeImage
+    step = WholeImage(224)
+    assert step(_photo(640, 480)).size == (288, 224) and step(_photo(480, 640)).size == (224, 288)
+    assert step(_photo(630, 480)).size == step(_photo(650, 480)).size
+    assert step(_photo(3000, 500)).size == (448, 224) and step(_photo(300, 300)).size == (224, 224)
+
+
+def test_a_batch_of_several_sizes_equals_each_image_alone(effnet):
+    """embed_batch groups inputs by size and keeps their order; each row equals the image embedded alone."""
+    imgs = [_photo(300, 200, seed=1), _photo(200, 300, seed=2), _photo(310, 205, seed=3), _photo(250, 250, seed=4)]
+    together = effnet.encode_images(imgs)
+    alone = np.concatenate([effnet.encode_images([im]) for im in imgs])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
 def test_other_transforms_run_whole_per_image(effnet):

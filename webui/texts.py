@@ -249,7 +249,8 @@ def no_text_tab(embedder: EmbedderRecord | None) -> str:
     """Why the app has no Text tab, in one plain sentence ("" when its model has a text encoder)."""
     if embedder is not None and embedder.has_text:
         return ""
-    built = (f"with {embedder.spec.rpartition(':')[2]}, which has no text encoder" if embedder
+    model = embedder.spec.split(":")[1] if embedder and ":" in embedder.spec else (embedder.spec if embedder else "")
+    built = (f"with {model}, which has no text encoder" if embedder
              else "with pixels only")
     return ("There is no Text tab because text search needs a CLIP index: this one was built "
             f"{built}, and whoever runs this app can rebuild it with CLIP.")

@@ -11,7 +11,8 @@ Specs (what a user types after --model):
   "ViT-B-32:/path/to/ckpt.pt"        open_clip model + local state dict
 The canonical `spec` an embedder reports (recorded in the index manifest) is stable across
 machines: "open_clip:<model>:<tag>", "open_clip:<model>:<sha256 of the checkpoint>" or
-"effnet:efficientnet-lite0".
+"effnet:efficientnet-lite0:whole224-gem2" (the older "effnet:efficientnet-lite0" named centre-crop,
+average-pooled vectors: an index built with it re-embeds on its next build).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from .preprocessing import split_transform
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "ViT-B-32:laion2b_s34b_b79k"   # why: docs/deep-search.md
-BACKBONE_NAMES = frozenset({"effnet", "efficientnet-lite0", "effnet:efficientnet-lite0"})
+BACKBONE_NAMES = frozenset({"effnet", "efficientnet-lite0", "effnet:efficientnet-lite0",
+                            "effnet:efficientnet-lite0:whole224-gem2"})
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
@@ -121,9 +123,21 @@ class Embedder(abc.ABC):
         img = img if img.mode == "RGB" else flatten_to_rgb(img)
         return self.split.to_uint8(img) if self.split else self.preprocess(cap_aspect(img))  # bounded resize
 
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """One model call on a stacked batch (uint8 from _prepare, or float already normalised)
-        -> normalised float32 rows on the CPU."""
+    def embed_batch(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
+        """One model call per input size on a batch (a stacked tensor, or a list of inputs of
+        several sizes: the whole-image backbone keeps each image's aspect ratio), uint8 from
+        _prepare or float already normalised -> normalised float32 rows on the CPU, in input order."""
+        if isinstance(batch, torch.Tensor):
+            return self._embed_stacked(batch)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, t in enumerate(batch):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        out = np.zeros((len(batch), self.dim), dtype=np.float32)
+        for rows in groups.values():
+            out[rows] = self._embed_stacked(torch.stack([batch[i] for i in rows]))
+        return out
+
+    def _embed_stacked(self, batch: torch.Tensor) -> np.ndarray:
         step = len(batch) if self.device.type == "cuda" else self.cpu_batch
         with torch.inference_mode():
             if batch.dtype == torch.uint8:
@@ -141,7 +155,7 @@ class Embedder(abc.ABC):
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            out.append(self.embed_batch(torch.stack([self._prepare(im) for im in chunk])))
+            out.append(self.embed_batch(stack_inputs([self._prepare(im) for im in chunk])))
         return np.concatenate(out)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -204,15 +218,23 @@ class Embedder(abc.ABC):
                             on_skip(i, exc)
                 bar.update(len(batch))
                 if tensors:
-                    batch_in = torch.stack(tensors)
+                    batch_in = stack_inputs(tensors)
                     if self.device.type == "cuda":   # page-locked: the copy to the GPU runs asynchronously
-                        batch_in = batch_in.pin_memory()
+                        batch_in = batch_in.pin_memory() if isinstance(batch_in, torch.Tensor) else \
+                            [t.pin_memory() for t in batch_in]
                     yield ok, self.embed_batch(batch_in)
                 batch = upcoming
         finally:
             bar.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stack_inputs(tensors: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """One stacked tensor when the inputs share a size, else the list (embed_batch groups it)."""
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(list(tensors))
+    return list(tensors)
 
 
 def load_embedder(spec: str | None = None, device: torch.device | str | None = None,

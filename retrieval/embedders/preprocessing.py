@@ -52,6 +52,29 @@ class SplitTransform:
         return batch.float().mul_(scale).sub_(shift).to(dtype)
 
 
+@dataclass(frozen=True)
+class WholeImage:
+    """The whole image, not its centre: the short side resized to `short` (bicubic), the aspect
+    ratio kept within `max_aspect` (a longer side is centre-cropped to it first) and the long side
+    rounded to a multiple of `multiple`, so images of similar shape share one size and batch
+    together (the rounding stretches an image by at most multiple / 2 pixels on its long side).
+    Measured against the centre crop on the sample library: docs/evaluation.md."""
+
+    short: int = 224
+    multiple: int = 32
+    max_aspect: float = 2.0
+
+    def size_for(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) an image of w x h becomes."""
+        ratio = min(max(w, h) / max(min(w, h), 1), self.max_aspect)
+        long = max(self.short, int(round(self.short * ratio / self.multiple)) * self.multiple)
+        return (long, self.short) if w >= h else (self.short, long)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        img = cap_aspect(img, self.max_aspect)
+        return img.resize(self.size_for(*img.size), Image.Resampling.BICUBIC)
+
+
 def bounded_steps(img: Image.Image, steps: tuple[PilStep, ...]) -> Image.Image:
     """Run PIL steps on an aspect-capped image, refusing any step whose result is too large."""
     img = cap_aspect(img)
@@ -80,7 +103,9 @@ def split_transform(preprocess: object) -> SplitTransform | None:
 
 
 def _draft_size(steps: tuple[PilStep, ...]) -> int | None:
-    """The first Resize's shorter-side target (an int size), when a Resize comes first."""
+    """The first Resize's shorter-side target (an int size), when a Resize (or WholeImage) comes first."""
+    if steps and isinstance(steps[0], WholeImage):
+        return steps[0].short
     if not steps or type(steps[0]).__name__ != "Resize":
         return None
     size = getattr(steps[0], "size", None)

@@ -12,8 +12,11 @@ pixels or the embeddings.
   neighbours in the library, weights sim^alpha, then re-normalised. It depends on the whole library, so it
   is recomputed from the current library at every build.
 * alpha-QE (query time): the query plus its top-k neighbours, weighted by sim^alpha, searched again.
+* The library-side transform (centring, PCA; `transform`), fitted like DBA at every build, and
+  k-reciprocal re-ranking after DBA + QE (`reciprocal`), whose library side is also built then.
 
-Three modules, each depending only on those before it:
+Modules, each depending only on those before it:
+  transform, reciprocal  the library-side transform and the k-reciprocal graph, on plain arrays
   maths  the space, DBA, QE and scores on plain arrays (the k-fold evaluation uses it directly)
   build  index time: which sources are re-ranked, their DBA files and Chroma DBA collections
   query  query time: `Reranker`, the re-ranked methods' ranker
@@ -25,10 +28,10 @@ from __future__ import annotations
 from .maths import (ALPHAS, CHUNK_ROWS, KS, SETTINGS, LibrarySide, Settings, describe, dba, expand,
                     library_side, mirror_pixels, rerank_scores, settings_for, space_rows, to_space)
 from .build import (DBA_AUTO_MAX_BYTES, DBA_PREFIX_SUFFIX, MODES, build_library_side, dba_plan, drop_dba_chroma,
-                    sync_dba_chroma)
+                    rerank_bytes, sync_dba_chroma)
 from .query import Reranker
 
 __all__ = ["ALPHAS", "CHUNK_ROWS", "DBA_AUTO_MAX_BYTES", "DBA_PREFIX_SUFFIX", "KS", "MODES", "SETTINGS",
            "LibrarySide", "Reranker", "Settings", "build_library_side", "dba", "dba_plan", "describe",
-           "drop_dba_chroma", "expand", "library_side", "mirror_pixels", "rerank_scores", "settings_for",
+           "drop_dba_chroma", "expand", "library_side", "mirror_pixels", "rerank_bytes", "rerank_scores", "settings_for",
            "space_rows", "sync_dba_chroma", "to_space"]

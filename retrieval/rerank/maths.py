@@ -11,6 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from . import reciprocal
+from .transform import Transform, fit
+
 KS = (3, 5, 8, 12)              # the k grid of the tuning table
 ALPHAS = (0.0, 0.5, 1.0, 3.0)   # the alpha grid
 CHUNK_ROWS = 1024               # library rows per matrix product when computing DBA
@@ -19,13 +22,21 @@ CHUNK_ROWS = 1024               # library rows per matrix product when computing
 @dataclass(frozen=True)
 class Settings:
     """How one vector source is re-ranked. `metric` is the similarity QE and DBA use (cosine for
-    embeddings; pixels may prefer correlation); `flip` and `sqrt` are the cheap refinements."""
+    embeddings; pixels may prefer correlation); `flip` and `sqrt` are the cheap refinements;
+    `centre` and `pca` the library-side transform (retrieval.rerank.transform; pca 0: none);
+    `k1`, `k2`, `lam` the k-reciprocal re-ranking after DBA + QE (retrieval.rerank.reciprocal;
+    k1 0: not offered). The defaults of the later fields are what an index built before them did."""
 
     metric: str = "cosine"
     k: int = 8
     alpha: float = 0.5
     sqrt: bool = False
     flip: bool = False
+    centre: bool = False
+    pca: int = 0
+    k1: int = 0
+    k2: int = 6
+    lam: float = 0.3
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,30 +47,37 @@ class Settings:
 
 
 # The k-fold table's choice on the sample library; the measurements: docs/evaluation.md
-# ("Choosing k and α", "Refinements"). "embedding" is every embedder, "pixel" the resized pixels.
+# ("Choosing k and α", "Refinements"). "embedding" is every embedder without its own entry (CLIP:
+# no transform, measured on the offline backbone only), "pixel" the resized pixels.
 SETTINGS = {
-    "embedding": Settings(metric="cosine", k=8, alpha=1.0, sqrt=False, flip=False),
+    "embedding": Settings(metric="cosine", k=8, alpha=1.0, k1=40, k2=6, lam=0.3),
+    "effnet": Settings(metric="cosine", k=8, alpha=1.0, centre=True, pca=128, k1=40, k2=6, lam=0.3),
     "pixel": Settings(metric="cosine", k=5, alpha=1.0, sqrt=False, flip=True),
 }
 
 
 def settings_for(source: str) -> Settings:
-    return SETTINGS["pixel" if source == "pixel" else "embedding"]
+    return SETTINGS.get(source) or SETTINGS["pixel" if source == "pixel" else "embedding"]
 
 
 def describe(s: Settings) -> str:
     """What a re-ranked method's space is, in words (the methods list and the app)."""
-    steps = [x for x, on in (("flip-averaged", s.flip), ("square-rooted", s.sqrt)) if on]
+    steps = [x for x, on in (("flip-averaged", s.flip), ("square-rooted", s.sqrt),
+                             ("library-centred", s.centre and not s.pca), (f"PCA-{s.pca}", s.pca > 0)) if on]
     space = f"{' '.join(steps)} {'centred ' if s.metric == 'corr' else ''}vectors".strip() if steps or \
         s.metric == "corr" else "the stored vectors"
-    return f"k={s.k}, alpha={s.alpha:g}, on {space}"
+    kr = f", k-reciprocal k1={s.k1}, k2={s.k2}, lambda={s.lam:g}" if s.k1 else ""
+    return f"k={s.k}, alpha={s.alpha:g}, on {space}{kr}"
 
 
-def to_space(vectors: np.ndarray, settings: Settings) -> np.ndarray:
-    """Vectors (N, D) of any dtype -> float32 unit rows of the re-ranking space."""
+def to_space(vectors: np.ndarray, settings: Settings, transform: Transform | None = None) -> np.ndarray:
+    """Vectors (N, D) of any dtype -> float32 unit rows of the re-ranking space (through the
+    library-side `transform` when the settings ask for one)."""
     x = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     if settings.sqrt:
         x = np.sign(x) * np.sqrt(np.abs(x))
+    if transform is not None:
+        x = transform.apply(x)
     if settings.metric == "corr":
         x = x - x.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -72,7 +90,8 @@ def mirror_pixels(rows: np.ndarray, size: int) -> np.ndarray:
     return rows.reshape(len(rows), size, size, 3)[:, :, ::-1, :].reshape(len(rows), -1)
 
 
-def space_rows(vectors: np.ndarray, settings: Settings, pixel_size: int | None = None) -> np.ndarray:
+def space_rows(vectors: np.ndarray, settings: Settings, pixel_size: int | None = None,
+               transform: Transform | None = None) -> np.ndarray:
     """Raw vectors (pixels uint8 or embeddings) -> unit rows of the re-ranking space; with flip,
     each pixel row is averaged with its mirror image first (pixel_size says how to mirror)."""
     x = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
@@ -80,7 +99,19 @@ def space_rows(vectors: np.ndarray, settings: Settings, pixel_size: int | None =
         if not pixel_size:
             raise ValueError("flip-averaging is offered for pixel vectors only (give pixel_size)")
         x = (x + mirror_pixels(x, pixel_size)) / 2
-    return to_space(x, settings)
+    return to_space(x, settings, transform)
+
+
+def fit_transform(vectors: np.ndarray, settings: Settings, pixel_size: int | None = None) -> Transform | None:
+    """The library-side transform the settings ask for, fitted on these library vectors (None: none)."""
+    if not (settings.centre or settings.pca):
+        return None
+    x = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    if settings.flip and pixel_size:
+        x = (x + mirror_pixels(x, pixel_size)) / 2
+    if settings.sqrt:
+        x = np.sign(x) * np.sqrt(np.abs(x))
+    return fit(x, settings.pca)
 
 
 def _weights(sims: np.ndarray, alpha: float) -> np.ndarray:
@@ -139,25 +170,45 @@ def expand(queries: np.ndarray, library: np.ndarray, k: int, alpha: float,
 
 @dataclass
 class LibrarySide:
-    """What re-ranking needs of one source's library: the space rows and, optionally, their DBA."""
+    """What re-ranking needs of one source's library: the space rows and, optionally, their DBA,
+    the library-side transform (queries go through it too) and the k-reciprocal graph."""
 
-    base: np.ndarray          # (N, D) float32 unit rows of the re-ranking space
-    dba: np.ndarray | None    # (N, D) float32 unit rows, DBA applied
+    base: np.ndarray          # (N, d) float32 unit rows of the re-ranking space
+    dba: np.ndarray | None    # (N, d) float32 unit rows, DBA applied
+    transform: Transform | None = None
+    graph: reciprocal.Graph | None = None
 
 
 def library_side(vectors: np.ndarray, settings: Settings, pixel_size: int | None = None,
-                 with_dba: bool = True) -> LibrarySide:
+                 with_dba: bool = True, with_kr: bool = False) -> LibrarySide:
     """The library side of re-ranking, computed from the library's vectors alone (the k-fold
     evaluation calls this on the library without the query fold: nothing can leak)."""
-    base = space_rows(vectors, settings, pixel_size)
-    return LibrarySide(base, dba(base, settings.k, settings.alpha) if with_dba else None)
+    transform = fit_transform(vectors, settings, pixel_size)
+    base = space_rows(vectors, settings, pixel_size, transform)
+    augmented = dba(base, settings.k, settings.alpha) if with_dba or with_kr else None
+    graph = None
+    if with_kr:
+        assert augmented is not None
+        graph = reciprocal.build_graph(augmented, settings.k1, settings.k2)
+    return LibrarySide(base, augmented, transform, graph)
 
 
 def rerank_scores(queries: np.ndarray, side: LibrarySide, settings: Settings, use_dba: bool, use_qe: bool,
-                  exclude: Sequence[set[int]] | None = None) -> np.ndarray:
-    """(Q, N) similarities of space-transformed query rows against the (augmented) library, after QE."""
+                  exclude: Sequence[set[int]] | None = None, use_kr: bool = False,
+                  inverted: reciprocal.Inverted | None = None) -> np.ndarray:
+    """(Q, N) similarities of space-transformed query rows against the (augmented) library, after
+    QE; with `use_kr`, the k-reciprocal scores on top (`inverted`: the graph by column, when kept)."""
     lib = side.dba if use_dba else side.base
     if lib is None:
         raise ValueError("this library side was computed without DBA")
     q = expand(queries, lib, settings.k, settings.alpha, exclude) if use_qe else queries
-    return q @ lib.T
+    sims = q @ lib.T
+    if not use_kr:
+        return sims
+    if side.graph is None:
+        raise ValueError("this library side was computed without its k-reciprocal graph")
+    for i, skip in enumerate(exclude or []):
+        if skip:
+            sims[i, list(skip)] = -np.inf
+    inv = inverted or reciprocal.Inverted.of(side.graph)
+    return reciprocal.scores(sims, side.graph, inv, settings.k1, settings.k2, settings.lam)

@@ -1,8 +1,9 @@
 """Query time: the re-ranked methods of one opened index (a `retrieval.ranking.Ranker`).
 
-The library side of a source (its re-ranking space rows and the stored DBA rows) is loaded once, on
-first use; each query is then moved into the same space, expanded (alpha-QE) and ranked, exactly or,
-for <emb>-hnsw-cosine+dba+qe, through the Chroma DBA collections.
+The library side of a source (its re-ranking space rows, through the stored library-side transform,
+and the stored DBA rows) is loaded once, on first use, and its k-reciprocal graph on the first +kr
+query; each query is then moved into the same space, expanded (alpha-QE) and ranked, exactly or, for
+<emb>-hnsw-cosine+dba+qe, through the Chroma DBA collections.
 """
 from __future__ import annotations
 
@@ -17,12 +18,19 @@ from ..methods import Method
 from ..metrics import top_k_rows
 from ..ranking import Lazy, Ranked, chroma_hits
 from .maths import LibrarySide, Settings, expand, rerank_scores, settings_for, space_rows
+from .reciprocal import Graph, Inverted
+from .transform import Transform
 
 if TYPE_CHECKING:
     from ..records import RerankRecord
     from ..vectorstore import VectorStore
 
 CheckDba = Callable[[Path, np.ndarray, int], None]   # (file, rows, width): raises when they do not fit
+CheckStored = Callable[[Path, np.ndarray, str], None]   # (file, array, what): checksum; raises when changed
+
+
+def _no_check(path: Path, arr: np.ndarray, what: str) -> None:
+    return None
 
 
 class Reranker:
@@ -30,17 +38,20 @@ class Reranker:
 
     `record`: the manifest's re-ranking record; `plain`: each source's library vectors as stored
     (pixels uint8, embeddings); `check_dba`: refuses a DBA array that does not fit the index
-    (Manifest.check_dba); `dba_store`: opens the Chroma DBA collections (None: there are none);
+    (Manifest.check_dba); `check_stored`: refuses a transform or graph file changed since the build
+    (Manifest.check_stored); `dba_store`: opens the Chroma DBA collections (None: there are none);
     `row_of`: Chroma id (the image's path) -> row."""
 
     def __init__(self, record: RerankRecord, plain: Mapping[str, np.ndarray], *, pixel_size: int,
                  index_dir: Path, check_dba: CheckDba, dba_store: Callable[[], VectorStore] | None = None,
-                 row_of: Mapping[str, int] | None = None) -> None:
+                 row_of: Mapping[str, int] | None = None, check_stored: CheckStored | None = None) -> None:
         self.record = record
         self.plain = plain
         self.pixel_size = pixel_size
         self.index_dir = Path(index_dir)
         self.check_dba = check_dba
+        self.check_stored = check_stored or _no_check
+        self._graphs: dict[str, tuple[Graph, Inverted]] = {}
         self.row_of = row_of or {}
         self._lock = threading.RLock()
         self._sides: dict[str, LibrarySide] = {}
@@ -67,7 +78,13 @@ class Reranker:
 
     def _load_side(self, source: str) -> LibrarySide:
         plain = self.plain[source]
-        path = self.index_dir / self.record.sources[source].dba_file
+        rec = self.record.sources[source]
+        transform = Transform.from_array(self._stored(rec.space_file, source, "transform")) if rec.space_file \
+            else None
+        if transform is not None and (transform.mean.shape != (plain.shape[1],) or
+                                      (transform.basis is not None and transform.basis.shape[1] != plain.shape[1])):
+            raise self._rebuild(f"the re-ranking transform of {source} does not fit its {plain.shape[1]}-value vectors")
+        path = self.index_dir / rec.dba_file
         if not path.is_file():
             raise IndexError_(f"the re-ranking (DBA) file of {source} in {self.index_dir} is missing; "
                               "rerun the build to repair the index", remedy=Remedy.REPAIR_INDEX)
@@ -76,9 +93,41 @@ class Reranker:
         except (OSError, ValueError) as exc:
             raise IndexError_(f"the re-ranking (DBA) file {path} is unreadable ({exc}); rerun the build to "
                               "repair the index", remedy=Remedy.REPAIR_INDEX) from None
-        self.check_dba(path, dba_rows, plain.shape[1])
-        return LibrarySide(space_rows(plain, self.settings(source), self._mirror_size(source)),
-                           np.asarray(dba_rows, dtype=np.float32))
+        self.check_dba(path, dba_rows, transform.width if transform is not None else plain.shape[1])
+        return LibrarySide(space_rows(plain, self.settings(source), self._mirror_size(source), transform),
+                           np.asarray(dba_rows, dtype=np.float32), transform)
+
+    def _rebuild(self, what: str) -> IndexError_:
+        return IndexError_(f"{what} in {self.index_dir}; rebuild the index", remedy=Remedy.REBUILD_INDEX)
+
+    def _stored(self, name: str, source: str, what: str) -> np.ndarray:
+        """A re-ranking file of the index, checked against the manifest's checksum."""
+        path = self.index_dir / name
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise self._rebuild(f"the re-ranking {what} file of {source} ({name}) is missing or unreadable "
+                                f"({type(exc).__name__})") from None
+        self.check_stored(path, arr, f"re-ranking {what}")
+        return arr
+
+    def graph(self, source: str) -> tuple[Graph, Inverted]:
+        """The k-reciprocal graph of a source and its inverted index, loaded on first use."""
+        with self._lock:
+            if source not in self._graphs:
+                files = self.record.sources[source].graph_files
+                if not files:
+                    raise self._rebuild(f"{source} has no k-reciprocal graph")
+                ints, floats = (self._stored(f, source, "graph") for f in files)
+                try:
+                    g = Graph.from_arrays(ints, floats)
+                except ValueError as exc:
+                    raise self._rebuild(f"the k-reciprocal graph of {source} is damaged ({exc})") from None
+                if g.rows != len(self.plain[source]):
+                    raise self._rebuild(f"the k-reciprocal graph of {source} holds {g.rows} rows, not "
+                                        f"{len(self.plain[source])}")
+                self._graphs[source] = (g, Inverted.of(g))
+            return self._graphs[source]
 
     def _no_store(self) -> VectorStore:
         raise IndexError_("this index has no Chroma DBA collections; rebuild it with a model",
@@ -91,17 +140,24 @@ class Reranker:
 
     def prepare(self, method: Method) -> None:
         self.side(method.source)
+        if method.kr:
+            self.graph(method.source)
         if method.hnsw:
             self._store.get()
 
     def rank(self, vectors: np.ndarray, method: Method, k: int, exclude: Sequence[set[int]]) -> Ranked:
         """Top-k (row, cosine in the re-ranking space) per raw query vector (pixels or embedding)."""
         s = self.settings(method.source)
-        q = space_rows(vectors, s, self._mirror_size(method.source))
         side = self.side(method.source)
+        q = space_rows(vectors, s, self._mirror_size(method.source), side.transform)
         if method.hnsw:
             return self._rank_hnsw(q, side, s, k, exclude)
-        return top_k_rows(rerank_scores(q, side, s, method.dba, method.qe, exclude), k, True, exclude)
+        inverted = None
+        if method.kr:
+            graph, inverted = self.graph(method.source)
+            side = LibrarySide(side.base, side.dba, side.transform, graph)
+        return top_k_rows(rerank_scores(q, side, s, method.dba, method.qe, exclude, method.kr, inverted),
+                          k, True, exclude)
 
     def _rank_hnsw(self, q: np.ndarray, side: LibrarySide, s: Settings, k: int,
                    exclude: Sequence[set[int]]) -> Ranked:
