@@ -47,8 +47,8 @@ def serve_app(args: argparse.Namespace) -> int:
     index = LookalikeIndex.open(index_dir, data_dir=data_dir, chroma_url=args.chroma_url,
                                 precision=args.precision)
     from webui.layout import build_demo, launch_options
-    from webui.warmup import WarmUp
-    warm = WarmUp(index)
+    from webui.warmup import WarmUp, calibration_cache
+    warm = WarmUp(index, calibration_cache=calibration_cache())
     if not args.no_warm_up:
         warm.start()   # model (and Chroma) load in the background; pixel search works meanwhile
     demo = build_demo(index, warm)

@@ -127,6 +127,31 @@ def test_in_child_and_module_scripts_run_from_the_repository_root():
         assert out.stdout.startswith(f"usage: python -m {module}") or "bench.load" in module
 
 
+def test_app_latency_alternates_the_codes_and_compares_medians(tmp_path):
+    """The start-up comparison (bench.load.app_latency): each code starts once per load and round,
+    in an order reversed every other round; the table holds each code's medians, how many of its
+    starts calibrated, and each "after" over "before"; the older code is a folder as given, or a git
+    commit unpacked beside the checkout."""
+    import shutil
+
+    from bench.load import app_latency as al
+    order = list(al.start_order(2))
+    assert len(order) == 2 * len(al.LOADS) * len(al.CODES) and len(set(order)) == len(al.LOADS) * len(al.CODES)
+    assert [c for _, c in order[:3]] == list(al.CODES) and [c for _, c in order[6:9]] == list(al.CODES[::-1])
+    base = dict(zip(al.CODES, (10.0, 8.0, 5.0)))
+    starts = [al.Start(code, load, http_s=base[code] + i // 6, ready_s=2 * base[code], first_query_s=0.2,
+                       cpu_s=base[code], calibrated="" if code == al.CODES[2] else "bf16 2.00x fp32", loadavg=1.0)
+              for i, (load, code) in enumerate(order)]
+    table = "\n".join(al.startup_table(starts, "abc123"))
+    assert "median of 2 starts each" in table and "before = abc123" in table
+    assert "| quiet | before | 10.50 s | 20.00 s | 0.20 s | 10.0 | 2 of 2 | 1.00 |" in table
+    assert "| loaded | after, next starts | 5.50 s | 10.00 s | 0.20 s | 5.0 | 0 of 2 | 1.00 |" in table
+    assert "| quiet | after, next starts / before | 0.52x | 0.50x | 1.00x | 0.50x | | |" in table
+    assert al.baseline_tree(str(ROOT), tmp_path / "x") == ROOT and not (tmp_path / "x").exists()
+    if shutil.which("git") and (ROOT / ".git").exists():
+        assert (al.baseline_tree("HEAD", tmp_path / "old") / "app.py").is_file()
+
+
 def _run_for_cli(data: str | None = None, sizes: tuple[int, ...] = (1, 2), rate: float = 0.5,
                  fashion: bool = True, only: tuple[int, ...] | None = None) -> dict:
     """A stand-in benchmark for common.cli: it hands back what it was called with."""

@@ -171,3 +171,47 @@ def test_a_measured_best_is_preselected_marked_and_warmed(tiny_index, tmp_path):
     index = LookalikeIndex.open(copy, data_dir=index_dir.parent / "data")
     assert _selected(index) == {"pixel-metric": ("corr", ["corr"]), "deep-method": ("effnet-l2", ["effnet-l2"])}
     assert [str(m) for m in default_methods(index)] == ["pixel-corr", "effnet-l2", "effnet-hnsw-l2"]
+
+
+# -- the calibration, measured once per machine (webui.warmup, retrieval.embedders.precision) ----
+
+def test_the_calibration_is_measured_once_per_machine(tiny_index, tmp_path, monkeypatch):
+    """Where a calibration decides the query model's precision (auto on a bf16 index; here any index,
+    on a CPU said to have native bf16), the first warm-up measures and keeps a clear verdict; the next
+    start on this machine loads the model in that precision without measuring. A close call is not
+    kept, a verdict for another model does not apply, and a warm-up without a cache keeps nothing."""
+    from retrieval.embedders import precision as prec
+    index_dir, _ = tiny_index
+    cache = tmp_path / "lookalike" / "calibration.json"
+    measured: list[float] = []
+    speedup = 2.0
+
+    def calibrate(embedder, *args, **kwargs):
+        measured.append(speedup)
+        return {"fp32_s": speedup, "bf16_s": 1.0, "speedup_wall": speedup, "speedup": speedup}
+
+    monkeypatch.setattr(prec, "native_bf16", lambda: True)
+    monkeypatch.setattr(prec, "query_precision", lambda requested, built: requested)
+    monkeypatch.setattr(prec, "calibrate", calibrate)
+
+    def start(with_cache: bool = True) -> tuple[LookalikeIndex, WarmUp]:
+        index = LookalikeIndex.open(index_dir, precision="auto")
+        warm = WarmUp(index, calibration_cache=cache if with_cache else None)
+        warm.start([index.default_method]).join(120)
+        assert warm.ready and warm.error is None
+        return index, warm
+
+    first, warm = start()
+    assert measured == [2.0] and first.embedder.precision == "bf16" and warm.recalled is None
+    spec = first.embedder.spec
+    assert prec.recall(cache, spec)["precision"] == "bf16" and prec.recall(cache, "open_clip:other:model") is None
+    second, warm = start()
+    assert measured == [2.0] and second.embedder.precision == "bf16"   # not measured again
+    assert warm.recalled is not None and warm.recalled["calibration"]["speedup"] == 2.0
+
+    cache.unlink()
+    speedup = 1.2   # bf16 (>= 1.15x) but a close call: measured again at the next start
+    assert start()[0].embedder.precision == "bf16" and not cache.exists()
+    speedup = 2.0
+    start(with_cache=False)
+    assert measured == [2.0, 1.2, 2.0] and not cache.exists()

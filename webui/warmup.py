@@ -8,6 +8,14 @@ bounded wait, then "still loading"), and the page's model line shows `loading`, 
 `error`. A failed load is logged and kept in `error`, never raised: the next deep query tries
 again through `index.prepare` and reports the error itself.
 
+The calibration, measured once per machine: where the query model's precision is decided at start-up
+(`--precision auto` on an index built in bf16, retrieval.embedders.precision.query_precision), the
+model is timed in fp32 and in bf16 (8 model calls: about 5 of the 12 to 15 CPU-seconds an effnet
+start-up takes on 2 vCPU, bench/RESULTS.md, app_latency). The warm-up keeps a clear verdict in a
+small file (`calibration_cache()`, keyed by model, torch version, CPU and threads) and, at the next
+start on the same machine, the model loads in the precision measured then, unmeasured. A close call
+is measured again at every start. Delete the file to measure again.
+
 What the page preselects (TabDefaults): a visitor rarely changes a selector, so each search tab
 starts on the best measured method of this index among that tab's choices (the index's
 evaluation.json, retrieval.evaluation_file.best_method): the pixel tab among the pixel metrics, the
@@ -18,10 +26,12 @@ tab keeps the plain default (pixel L1, the embeddings' cosine) and marks nothing
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from retrieval import evaluation_file
 from retrieval.methods import PIXEL, PIXEL_DEFAULT, Method
@@ -86,12 +96,25 @@ def default_methods(index: LookalikeIndex) -> list[Method]:
     return out
 
 
+def calibration_cache() -> Path | None:
+    """Where the app keeps its precision calibration: $XDG_CACHE_HOME/lookalike (default
+    ~/.cache/lookalike)/calibration.json; None without a home folder."""
+    try:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:
+        return None
+    return root / "lookalike" / "calibration.json"
+
+
 class WarmUp:
     """One background load per app, over one opened index. Not started: `ready` (nothing to wait
-    for), `seconds()` None, and a deep query loads what it needs itself."""
+    for), `seconds()` None, and a deep query loads what it needs itself. With `calibration_cache`,
+    a precision calibration is measured once per machine (see the module docstring)."""
 
-    def __init__(self, index: LookalikeIndex) -> None:
+    def __init__(self, index: LookalikeIndex, calibration_cache: Path | None = None) -> None:
         self.index = index
+        self.calibration_cache = calibration_cache
+        self.recalled: dict[str, Any] | None = None   # the remembered calibration this start used, if any
         self.error: str | None = None          # why the load failed ("ModelError: ..."), or None
         self._thread: threading.Thread | None = None
         self._started: float | None = None     # perf_counter at start()
@@ -111,13 +134,40 @@ class WarmUp:
     def _load(self, methods: list[Method]) -> None:
         assert self._started is not None
         try:
+            self._recall_precision()
             for method in methods:
                 self.index.prepare(method)
+            self._remember_precision()
         except Exception as exc:   # kept for the page and the log; never kills the app
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("warming up failed (the first deep query will retry): %s", exc)
         finally:
             self._took = time.perf_counter() - self._started
+
+    def _recall_precision(self) -> None:
+        """Where a calibration would decide the query model's precision, use the one remembered for
+        this model on this machine (the index then loads the model in that precision, unmeasured)."""
+        built = self.index.manifest.embedder
+        if self.calibration_cache is None or not built:
+            return
+        from retrieval.embedders import precision
+        if precision.query_precision(self.index.precision, built.precision) != "auto":
+            return
+        self.recalled = precision.recall(self.calibration_cache, built.spec)
+        if self.recalled:
+            self.index.precision = self.recalled["precision"]
+            log.info("precision %s for queries, as calibrated on this machine on %s (%s); kept in %s",
+                     self.recalled["precision"], self.recalled.get("measured"), self.recalled.get("why"),
+                     self.calibration_cache)
+
+    def _remember_precision(self) -> None:
+        """Keep the calibration this start measured (if it measured one) for the next start."""
+        if self.calibration_cache is None or self.recalled or "model" not in self.index.loaded():
+            return
+        from retrieval.embedders import precision
+        embedder = self.index.embedder
+        if precision.remember(self.calibration_cache, embedder.spec, embedder.precision, embedder.precision_record):
+            log.info("calibration kept in %s for the next start", self.calibration_cache)
 
     @property
     def loading(self) -> bool:

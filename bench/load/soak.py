@@ -51,14 +51,15 @@ def is_refusal(exc: BaseException) -> bool:
 
 
 def start_server(index: Path, port: int, log_path: Path, timeout_s: float = 180, *,
-                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None, root: Path = ROOT) -> subprocess.Popen:
     """app.py on 127.0.0.1:port, its log in a file (read afterwards for tracebacks); returns once the
-    page answers. `wrapper` runs it under another command (e.g. `prlimit --as=...`), `env` adds variables."""
+    page answers. `wrapper` runs it under another command (e.g. `prlimit --as=...`), `env` adds variables,
+    `root` is the checkout whose app.py runs (app_latency starts an older one too)."""
     env = {**(env or {}), **os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    cmd = [*wrapper, sys.executable, str(ROOT / "app.py"), "--index", str(index), "--host", "127.0.0.1",
+    cmd = [*wrapper, sys.executable, str(root / "app.py"), "--index", str(index), "--host", "127.0.0.1",
            "--port", str(port)]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_http(proc, f"http://127.0.0.1:{port}/", timeout_s, "app.py")
     except RuntimeError as exc:

@@ -6,18 +6,26 @@ fp32. So `auto` asks two questions before it picks bf16: does the CPU say it has
 (`native_bf16()`, which tests monkeypatch to simulate a CPU without it), and does a short timed
 calibration on this very model agree that bf16 is faster? Anything else gets fp32. On a GPU the
 precision is fp16, as before.
+
+The calibration costs model calls at every start of a query server that has to decide (about 5
+CPU-seconds for efficientnet-lite0 on 2 cores, a third of the app's start-up), and its verdict is a
+property of the model, torch and the CPU: `remember` keeps a clear verdict in a small JSON file under
+`machine_key`, and `recall` finds it at the next start (the app's warm-up, webui.warmup).
 """
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
+import os
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import ModelError
+from ..errors import LookalikeError, ModelError
 
 if TYPE_CHECKING:
     from . import Embedder
@@ -30,6 +38,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CALIBRATION_BATCH = 8
 CALIBRATION_MIN_SPEEDUP = 1.15   # below this the gain is within the noise of a busy 2-core machine
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+REMEMBER_MIN_SPEEDUP = 1.3       # a calibration kept for later starts: bf16 at least this much faster, or slower
 
 
 @functools.lru_cache(maxsize=1)
@@ -121,6 +130,60 @@ def resolve(embedder: "Embedder", requested: str | None) -> tuple[str, dict[str,
                            f"({'>=' if chosen == 'bf16' else '<'} {CALIBRATION_MIN_SPEEDUP}x; wall clock "
                            f"{cal['speedup_wall']:.2f}x)",
                     "calibration": {k: round(v, 4) for k, v in cal.items()}}
+
+
+# -- the calibration, measured once per machine --------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name in /proc/cpuinfo ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def machine_key(spec: str) -> str:
+    """What a calibration's verdict depends on: the model, torch, the CPU (model, bf16 flags, cores)
+    and the threads torch uses. A remembered verdict applies only where all of them are the same."""
+    return json.dumps({"spec": spec, "torch": torch.__version__, "cpu": cpu_model(), "cpus": os.cpu_count(),
+                       "bf16_flags": sorted(f for f in cpu_flags() if f in CPU_BF16_FLAGS),
+                       "threads": torch.get_num_threads()}, sort_keys=True)
+
+
+def recall(cache: Path, spec: str) -> dict[str, Any] | None:
+    """The calibration remembered in `cache` for model `spec` on this machine ({"precision", "why",
+    "calibration", "measured"}), or None: none yet, another machine, or an unreadable file."""
+    try:
+        entry = json.loads(cache.read_text("utf-8")).get(machine_key(spec))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16") else None
+
+
+def remember(cache: Path, spec: str, precision: str, record: dict[str, Any]) -> bool:
+    """Keep the verdict of the calibration that `record` (an embedder's precision_record) holds, for
+    the next start on this machine. Only a clear one (REMEMBER_MIN_SPEEDUP): other jobs on the CPUs
+    pull the measured ratio toward 1 (a busy 2-core machine once measured 0.95x where it usually
+    measures 1.6x to 2.8x), so a close call is measured again next time. False where nothing was kept."""
+    speedup = (record.get("calibration") or {}).get("speedup")
+    clear = isinstance(speedup, (int, float)) and not 1 / REMEMBER_MIN_SPEEDUP < speedup < REMEMBER_MIN_SPEEDUP
+    if precision not in ("fp32", "bf16") or not clear:
+        return False
+    from .. import atomic
+    try:
+        kept = json.loads(cache.read_text("utf-8"))
+    except (OSError, ValueError):
+        kept = {}
+    kept = kept if isinstance(kept, dict) else {}
+    kept[machine_key(spec)] = {"precision": precision, "why": record.get("why"), "calibration": record["calibration"],
+                               "measured": time.strftime("%Y-%m-%d %H:%M", time.localtime())}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(cache, kept)
+    except (OSError, LookalikeError) as exc:
+        log.debug("could not keep the calibration in %s: %s", cache, exc)
+        return False
+    return True
 
 
 def model_in(model: torch.nn.Module, dtype: torch.dtype, channels_last: bool) -> torch.nn.Module:
