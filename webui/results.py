@@ -89,5 +89,5 @@ def marks_line(marks: Marks) -> str:
     if marks.label is None or marks.correct is None:
         return f"not marked: {unmarked_reason(marks.label_from)}"
     right, k = sum(marks.correct), len(marks.correct)
-    return (f"query class **{marks.label}** ({marks.label_from}) · **P@{k} {right / max(k, 1):.2f}**: "
+    return (f"query class **{marks.label}** ({marks.label_from}) · **P@{k} {marks.p_at_k or 0.0:.2f}**: "
             f"{right} of {k} share it (green frames), {k - right} do not (red)")
