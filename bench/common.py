@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import inspect
 import itertools
 import json
@@ -19,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import typing
 import urllib.request
@@ -27,6 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+CACHE = Path(tempfile.gettempdir()) / "lookalike-bench"   # kept between runs: libraries and indexes
+SAMPLE_INDEX = CACHE / "data-effnet-index"                 # sample_effnet_index's folder
 
 
 # -- timing -----------------------------------------------------------------------------------
@@ -212,6 +216,25 @@ def sample_library(path: str | os.PathLike | None = None) -> Path:
         from collect.sample import build_sample_library
         build_sample_library(data)
     return data
+
+
+def sample_effnet_index(index: Path | None, data: str | os.PathLike | None = None) -> Path:
+    """`index` when given; else an effnet index of the sample library (`data`, default data/) in
+    SAMPLE_INDEX (another library: a folder of its own beside it), brought up to date first. One fixed
+    folder, so the benchmarks that need an index share it: the build is incremental (only new or
+    changed images are embedded) and takes the folder's build lock, so a later run costs seconds
+    instead of the minutes of a first build on 2 cores. It is evaluated, as `build_index.py index`
+    does: the best method (bench.feedback's first ranking) and the app's Evaluation tab come from that."""
+    if index is not None:
+        return index
+    from retrieval.indexing import build_index
+    library = sample_library(data)
+    folder = SAMPLE_INDEX
+    if library.resolve() != (ROOT / "data").resolve():   # another library gets its own folder, never this one
+        folder = CACHE / f"effnet-index-{hashlib.sha1(str(library.resolve()).encode()).hexdigest()[:10]}"
+    print(f"# building or updating an effnet index of {library} in {folder} ...", file=sys.stderr, flush=True)
+    build_index(library, folder, model="effnet", evaluate=True, lock_wait=3600)
+    return folder
 
 
 # -- results ----------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Bench:
     quick: dict[str, Any] = field(default_factory=dict)
     default: bool = True          # part of a plain `python -m bench`
     script: bool = False          # a script without run(), left out of quick runs: its printout is the result
+    args: tuple[str, ...] = ()    # a script's command-line arguments
 
 
 SUITE: tuple[Bench, ...] = (
@@ -73,6 +74,13 @@ SUITE: tuple[Bench, ...] = (
     # The app engineer's script (no run()): its printout is kept as is. It builds an effnet index of
     # the sample library first (minutes on 2 cores), so quick runs leave it out.
     Bench("app_latency", "load.app_latency", script=True),
+    # The explanation and refinement studies' scripts (docs/explain.md), on the effnet index of the
+    # sample library that bench.common.sample_effnet_index keeps up to date (built once, then reused).
+    Bench("explain_mass", "explain_mass", script=True),
+    Bench("feedback", "feedback", script=True, args=("--rounds", "2")),
+    # 10,000 Fashion-MNIST images keep a suite run to minutes; the 60,000-image figures in
+    # docs/explain.md come from `python -m bench.map_cost --n 60000` (about 25 minutes on 2 cores).
+    Bench("map_cost", "map_cost", script=True, args=("--n", "10000")),
     # The app under prlimit --as with hostile uploads at its configured concurrency.
     Bench("hostile_memory", "load.hostile_memory", full={"seconds": 60}, quick={"seconds": 10}),
 )
@@ -115,10 +123,12 @@ def run_child(name: str, mode: str, out: Path, overrides: dict[str, Any]) -> int
 def run_script(b: Bench, mode: str, log: Path, env: dict[str, str]) -> dict[str, Any]:
     """A benchmark without run(): run the script and keep its printout as the result."""
     t0 = time.perf_counter()
+    command = " ".join(["python -m", f"bench.{b.module}", *b.args])
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-m", f"bench.{b.module}"], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", f"bench.{b.module}", *b.args], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
-    res = {**result(b.name, f"{b.module}.py (its own printout)", {"args": []}),
+    res = {**result(b.name, f"{b.module}.py (its own printout)", {"args": list(b.args)}),
+           "command": command, "notes": [f"Command: `{command}`."],
            "seconds": round(time.perf_counter() - t0, 1), "transcript": proc.stdout, "mode": mode,
            "machine": {**machine(), "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY")}}
     if proc.returncode != 0:

@@ -17,7 +17,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
-def _index_args(p: argparse.ArgumentParser) -> None:
+def index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", type=Path, default=DEFAULT_INDEX, help=f"index folder (default: {DEFAULT_INDEX})")
     p.add_argument("--data", type=Path, default=None,
                    help="library root, if it moved since the index was built (default: as recorded)")
@@ -52,7 +52,7 @@ def remedy_hint(exc: LookalikeError, args: argparse.Namespace) -> str | None:
     return commands.get(exc.remedy)
 
 
-def _open(args: argparse.Namespace):
+def open_index(args: argparse.Namespace):
     from .search import LookalikeIndex
     return LookalikeIndex.open(args.index, pixel_size=args.pixel_size, model=args.model,
                                data_dir=args.data, chroma_url=args.chroma_url,
@@ -88,7 +88,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if terms is None and (args.image is None) == (args.text is None):
         raise LookalikeError("give exactly one query: an IMAGE path or --text 'a prompt' "
                              "(or a composed query: --query TERM ... --minus TERM)")
-    index = _open(args)
+    if (args.more_like or args.less_like) and (terms is not None or args.text is not None):
+        raise LookalikeError("--more-like and --less-like refine an IMAGE query, not --text or a composed query")
+    index = open_index(args)
     if terms is not None:   # refused with a clear message on a pixel-only index or text terms without CLIP
         method = args.method or (str(index.default_method) if index.manifest.embedder else None)
         # The model loads before the timed query (pixel-only: search_composed refuses at once).
@@ -106,11 +108,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     # Loading the model (and Chroma) is reported apart from the query; a text query on an index
     # without a text tower is refused by search_text before anything loads.
     loaded, load_secs = index.prepare(method) if args.text is None or index.has_text else (set(), 0.0)
-    if args.text is not None:
+    marks = None
+    if args.more_like or args.less_like:
+        from .refine import refine_cli
+        hits, secs, marks = refine_cli(index, args.image, args.more_like, args.less_like, method, args.k)
+    elif args.text is not None:
         hits, secs = index.search_text(args.text, method, args.k)
     else:
         hits, secs = index.search(args.image, method, args.k)
     _print_hits(hits, method, order, secs, loaded, load_secs)
+    if marks:
+        print(f"# refined with {plural(marks[0], 'image')} marked right and {plural(marks[1], 'image')} marked wrong")
     if args.plot:
         if args.image is None:
             raise LookalikeError("--plot needs an image query")
@@ -125,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import evaluation_file
     from .evaluate import format_table, run as evaluate
     from .kfold import format_tune
-    index = _open(args)
+    index = open_index(args)
     result = evaluate(index, "both" if args.save else args.protocol, methods=args.methods or None,
                       folds=args.folds, seed=args.seed, tune=args.tune and not args.save)
     notes = sys.stderr if args.json else sys.stdout   # with --json, stdout holds the JSON alone
@@ -157,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """`compare IMAGE`: every method's top k side by side, hits marked where the class is known."""
     from .compare import compare, format_rows
-    index = _open(args)
+    index = open_index(args)
     for method in args.methods or index.methods:   # load the model and Chroma before timing
         index.prepare(method)
     result = compare(index, args.image, args.methods or None, args.k, label=args.label)
@@ -170,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from .metrics import METRICS
-    index = _open(args)
+    index = open_index(args)
     for name in index.methods:
         m = index.parse_method(name)
         line = f"{name}\t{METRICS[m.metric].order}\t{'HNSW (Chroma)' if m.hnsw else 'exact'}"
@@ -192,7 +200,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     if args.dry_run and args.quarantine is None:
         raise LookalikeError("--dry-run goes with --quarantine DIR: it shows what would move")
     from .duplicates import find_duplicates
-    index = _open(args)
+    index = open_index(args)
     report = find_duplicates(index, args.threshold, args.features)
     if args.json and args.quarantine is None and args.export is None:
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
@@ -373,7 +381,7 @@ def _duplicates_parser(sub: "argparse._SubParsersAction") -> None:
     act.add_argument("--undo", type=Path, default=None, metavar="RECORD",
                      help="move the files a --quarantine record lists back where they were (needs no index)")
     d.add_argument("--dry-run", action="store_true", help="with --quarantine: print what would move, move nothing")
-    _index_args(d)
+    index_args(d)
     d.set_defaults(func=cmd_duplicates)
 
 
@@ -392,8 +400,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default=None, help="e.g. pixel-l1, pixel-corr, effnet-cosine, clip-hnsw-cosine")
     s.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     s.add_argument("--plot", type=Path, default=None, help="save the query and results as a PNG")
+    s.add_argument("--more-like", action="append", default=[], metavar="PATH",
+                   help="refine: a library image (path or path in the library) marked right, repeatable")
+    s.add_argument("--less-like", action="append", default=[], metavar="PATH", help="refine: one marked wrong")
     add_precision_option(s, "the model's precision for the query")
-    _index_args(s)
+    index_args(s)
     s.set_defaults(func=cmd_search)
     e = sub.add_parser("evaluate", help="P@1/5/10 and mAP per method, test split as queries")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -407,7 +418,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     e.add_argument("--tune", action="store_true",
                    help="with --protocol kfold: also print the re-ranking k x alpha table per vector source")
-    _index_args(e)
+    index_args(e)
     e.set_defaults(func=cmd_evaluate)
     c = sub.add_parser("compare", help="one query through every method, side by side",
                        description="Rank the library for IMAGE by every method (pixels, deep exact, HNSW, "
@@ -418,12 +429,15 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", nargs="*", default=None, help="only these methods (default: all)")
     c.add_argument("--label", default=None, help="the query's class, when it is not a library or test image")
     c.add_argument("--plot", type=Path, default=None, help="save one row per method as a PNG")
-    _index_args(c)
+    index_args(c)
     c.set_defaults(func=cmd_compare)
     _duplicates_parser(sub)
     m = sub.add_parser("methods", help="list the methods this index offers and their sort order")
-    _index_args(m)
+    index_args(m)
     m.set_defaults(func=cmd_methods)
+    from . import cli_explain, cli_map   # explain a result, draw the library's maps
+    cli_explain.register(sub)
+    cli_map.register(sub)
     return parser
 
 

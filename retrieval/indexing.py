@@ -193,6 +193,8 @@ def _write_index(index_dir: Path, manifest: Manifest, rows: _Rows, embedder, old
             manifest.chroma = _sync_chroma(index_dir, manifest, chroma_url, old)
         from .rerank import build_library_side   # DBA from the current library (retrieval.rerank)
         manifest.rerank = build_library_side(index_dir, manifest, token, chroma_url, rerank)
+        from .projection import build_maps   # the library's 2-D maps, refitted only when vectors change
+        manifest.maps = build_maps(index_dir, manifest, old, token, rows.pixels, rows.vectors)
         manifest.seal(index_dir)   # checksums of the rows and arrays, verified when the index is opened
         manifest.write(index_dir)
     except BaseException:

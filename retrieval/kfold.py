@@ -120,20 +120,28 @@ def kfold_library_side(pool: Pool, source: str, folds: np.ndarray, fold: int, se
                         with_dba, with_kr)
 
 
+def fold_scores(pool: Pool, m: Method, settings: Settings | None, lib: np.ndarray, queries: np.ndarray,
+                side: LibrarySide | None, exclude: Sequence[set[int]] | None = None) -> np.ndarray:
+    """(Q, L) scores, higher = more similar, of raw query vectors (any, e.g. refined ones) against
+    the library rows `lib` (a mask), through `side` for a re-ranked method; `exclude` holds library
+    columns (positions among the `lib` rows) each query's expansion and k-reciprocal step may not use."""
+    vec = pool.vectors[m.source]
+    if not m.reranked:
+        scores = PreparedMatrix(vec[lib]).scores(queries, m.metric).reshape(len(queries), -1)
+        return scores if m.higher_is_better else -scores
+    assert settings is not None and side is not None, "a re-ranked method comes with its settings and side"
+    rows = space_rows(queries, settings, pool.pixel_size if m.source == "pixel" else None, side.transform)
+    return rerank_scores(rows, side, settings, m.dba, m.qe, exclude, use_kr=m.kr)
+
+
 def _fold_scores(pool: Pool, m: Method, settings: Settings | None, lib: np.ndarray, q: np.ndarray,
                  side: LibrarySide | None) -> np.ndarray:
     """(Q, L) scores, higher = more similar, of the fold's queries against the other folds."""
-    vec = pool.vectors[m.source]
-    if not m.reranked:
-        scores = PreparedMatrix(vec[lib]).scores(vec[q], m.metric).reshape(int(q.sum()), -1)
-        return scores if m.higher_is_better else -scores
-    assert settings is not None and side is not None, "a re-ranked method comes with its settings and side"
-    queries = space_rows(vec[q], settings, pool.pixel_size if m.source == "pixel" else None, side.transform)
-    return rerank_scores(queries, side, settings, m.dba, m.qe, use_kr=m.kr)
+    return fold_scores(pool, m, settings, lib, pool.vectors[m.source][q], side)
 
 
-def _aps_from_scores(scores: np.ndarray, q_labels: np.ndarray, lib_labels: np.ndarray,
-                     skip: np.ndarray, ks: Sequence[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def aps_from_scores(scores: np.ndarray, q_labels: np.ndarray, lib_labels: np.ndarray,
+                    skip: np.ndarray, ks: Sequence[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """AP and P@k per query over the full ranking (ties broken by row order, as top_k does);
     `skip` (Q, L) marks library rows a query may not count (its own duplicates)."""
     key = np.where(skip, np.inf, -scores)
@@ -159,7 +167,7 @@ def kfold_method_aps(pool: Pool, m: Method, folds: np.ndarray, settings: Setting
             side = kfold_library_side(pool, m.source, folds, int(f), settings, m.dba, m.kr)
         scores = _fold_scores(pool, m, settings, lib, q, side)
         skip = shas[q][:, None] == shas[lib][None, :]
-        a, p = _aps_from_scores(scores, pool.labels[q], pool.labels[lib], skip, ks)
+        a, p = aps_from_scores(scores, pool.labels[q], pool.labels[lib], skip, ks)
         aps[q] = a
         for k in ks:
             pk[k][q] = p[k]

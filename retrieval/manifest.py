@@ -19,7 +19,7 @@ import numpy as np
 from . import atomic
 from .errors import IndexError_, Remedy
 from .paths import MANIFEST
-from .records import ChromaRecord, Damaged, EmbedderRecord, RerankRecord
+from .records import ChromaRecord, Damaged, EmbedderRecord, MapsRecord, RerankRecord
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")   # no separators, not hidden, not '..'
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -74,15 +74,18 @@ class Manifest:
     embedder: EmbedderRecord | None = None
     chroma: ChromaRecord | None = None
     rerank: RerankRecord | None = None
+    maps: MapsRecord | None = None        # the library maps (retrieval.projection); older indexes lack it
     versions: dict[str, str] = field(default_factory=package_versions)
     format: int = FORMAT
     checksums: dict[str, str] = field(default_factory=dict)   # "items" and each array file -> sha256
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        for key in ("embedder", "chroma", "rerank"):
+        for key in ("embedder", "chroma", "rerank", "maps"):
             record = out[key]
             out[key] = None if record is None else record.to_json()
+        if self.maps is None:
+            out.pop("maps")   # the layout of indexes built before maps, unchanged
         return out
 
     @classmethod
@@ -101,7 +104,8 @@ class Manifest:
         known = set(cls.__dataclass_fields__)
         fields_ = {k: v for k, v in raw.items() if k in known}
         try:
-            for key, record in (("embedder", EmbedderRecord), ("chroma", ChromaRecord), ("rerank", RerankRecord)):
+            for key, record in (("embedder", EmbedderRecord), ("chroma", ChromaRecord), ("rerank", RerankRecord),
+                                ("maps", MapsRecord)):
                 if fields_.get(key) is not None:
                     fields_[key] = record.from_json(fields_[key])
         except Damaged as exc:
@@ -207,9 +211,9 @@ class Manifest:
                           **{f: array_checksum(np.load(Path(index_dir) / f, mmap_mode="r")) for f in self.files()}}
 
     def files(self) -> list[str]:
-        """Every array file this manifest names: the pixels, the embeddings, the re-ranking files."""
+        """Every array file this manifest names: the pixels, the embeddings, the re-ranking files, the maps."""
         return ([self.pixels_file] + ([self.embedder.file] if self.embedder else [])
-                + (self.rerank.files() if self.rerank else []))
+                + (self.rerank.files() if self.rerank else []) + (self.maps.files() if self.maps else []))
 
     def write(self, index_dir: Path) -> None:
         atomic.write_json(Path(index_dir) / MANIFEST, self.to_json())

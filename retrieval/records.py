@@ -211,3 +211,55 @@ class RerankRecord:
         return _without_none({"sources": {k: v.to_json() for k, v in self.sources.items()},
                               "skipped": dict(self.skipped), "mode": self.mode, "chosen_by": self.chosen_by,
                               "chroma_prefix": self.chroma_prefix})
+
+
+@dataclass(frozen=True)
+class MapSource:
+    """One vector source's 2-D map (retrieval.projection): its positions file, what it was fitted on
+    (a change in either refits it), and the neighbour-agreement numbers measured at build time."""
+
+    file: str                        # (N, 2) float32 positions, in row order
+    vectors: str                     # checksum of the vectors the map was fitted on
+    settings: str                    # how it was fitted (projection.FIT_SETTINGS)
+    labels: str = ""                 # checksum of the labels the agreement counted
+    agreement: float | None = None   # share of the 5 nearest neighbours (full space) sharing the class
+    map_agreement: float | None = None   # the same share among the 5 nearest on the map
+    measured_on: int = 0             # images whose neighbours were counted (all, or a fixed sample)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "MapSource":
+        raw = _object(raw, "map")
+        shares = {k: raw.get(k) for k in ("agreement", "map_agreement")}
+        if any(v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 1) for v in shares.values()):
+            raise Damaged("a map's agreement is not a share from 0 to 1")
+        measured = raw.get("measured_on", 0)
+        if type(measured) is not int or measured < 0:
+            raise Damaged("a map's measured_on is not a whole number")
+        return cls(_text(raw, "file", "map"), _text(raw, "vectors", "map"), _text(raw, "settings", "map"),
+                   _optional_text(raw, "labels", "map") or "", **shares, measured_on=measured)
+
+    def to_json(self) -> JsonDict:
+        return _without_none({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class MapsRecord:
+    """The library maps of each source, and why a source has none (too few images)."""
+
+    sources: dict[str, MapSource] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)     # source -> why it has no map
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "MapsRecord":
+        raw = _object(raw, "maps")
+        sources, skipped = raw.get("sources") or {}, raw.get("skipped") or {}
+        if not isinstance(sources, dict) or not isinstance(skipped, dict):
+            raise Damaged("the maps record's sources or skipped are not objects")
+        return cls({str(k): MapSource.from_json(v) for k, v in sources.items()},
+                   {str(k): str(v) for k, v in skipped.items()})
+
+    def files(self) -> list[str]:
+        return [src.file for src in self.sources.values()]
+
+    def to_json(self) -> JsonDict:
+        return {"sources": {k: v.to_json() for k, v in self.sources.items()}, "skipped": dict(self.skipped)}

@@ -78,7 +78,7 @@ def measured_best(index_dir: Path, keep) -> str:
 
 def test_endpoints_and_tabs(app):
     assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/compare", "/model_status", "/duplicates",
-                                      "/duplicates_export"}
+                                      "/duplicates_export", "/explain", "/refine", "/map", "/map_point"}
     config = requests.get(app.url + "config", timeout=10).text
     assert "There is no Text tab" in config and "has no text encoder" in config   # About says why
     assert "effnet-corr" in config and "finds the right class best here" in config   # the table and the winner
@@ -299,7 +299,8 @@ def test_text_search_endpoint_with_a_clip_index(clip_index):
     demo, app = launch(clip_index)
     try:
         assert _endpoints(app.client) == {"/search_pixel", "/search_deep", "/search_text", "/search_composed",
-                                          "/model_status", "/compare", "/duplicates", "/duplicates_export"}
+                                          "/model_status", "/compare", "/duplicates", "/duplicates_export",
+                                          "/explain", "/refine", "/map", "/map_point"}
         gallery, status, exact = app.client.predict("a red square", "clip-cosine", 4, api_name="/search_text")
         scores = [r["score"] for r in exact]
         assert len(gallery) == 4 and scores == sorted(scores, reverse=True) and "clip-cosine" in status
@@ -318,7 +319,7 @@ def test_pixel_only_index_explains_the_missing_tabs(sample_pixel_index):
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name and not fn.api_name.startswith("load_example")
              and getattr(fn, "api_visibility", "public") == "public"}
     assert {"search_pixel", "compare"} <= names and not names & {"search_deep", "search_text"}
-    text = json.dumps(demo.get_config_file())
+    text = json.dumps(demo.get_config_file(), default=str)   # a gr.State holds a callback
     assert "pixels only, so there is no deep search" in text
     tabs = [c["props"]["label"] for c in demo.get_config_file()["components"] if c["type"] == "tabitem"]
     assert tabs[:3] == ["Pixel metrics", "Deep features", "Compare"]   # no Text tab: About says why
@@ -473,7 +474,7 @@ def photo_folder(tmp_path_factory) -> Path:
 def test_a_photo_folder_starts_quietly_and_shows_each_photo_once(photo_folder, caplog):
     index = LookalikeIndex.open(photo_folder)
     with caplog.at_level(logging.INFO):
-        config = json.dumps(build_demo(index).get_config_file())
+        config = json.dumps(build_demo(index).get_config_file(), default=str)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert said == [NO_TEST_SPLIT] and not any("expected class folders" in m for m in said)
     strip = example_images(index)

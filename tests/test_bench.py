@@ -60,6 +60,25 @@ def test_suite_rejects_unknown_names():
     assert parse_sets(["vectors.sizes=[1,2]", "vectors.name=x"]) == {"vectors": {"sizes": [1, 2], "name": "x"}}
 
 
+def test_a_script_entry_gets_its_arguments_and_records_the_command(tmp_path):
+    """run_script passes a Bench's args to `python -m bench.<module>` and keeps them in the result; the
+    scripts that need an index name the shared sample index as their default."""
+    import os
+
+    from bench.run import BY_NAME, Bench, run_script
+
+    assert BY_NAME["feedback"].args == ("--rounds", "2") and BY_NAME["map_cost"].args == ("--n", "10000")
+    assert all(BY_NAME[n].script for n in ("explain_mass", "feedback", "map_cost"))
+    for module in ("explain_mass", "feedback", "map_cost"):
+        res = run_script(Bench(module, module, script=True, args=("--help",)), "full", tmp_path / "log",
+                         dict(os.environ))
+        assert not res.get("error"), res.get("error")
+        assert res["config"] == {"args": ["--help"]} and res["command"] == f"python -m bench.{module} --help"
+        assert "--index" in res["transcript"] and str(common.SAMPLE_INDEX) in "".join(res["transcript"].split())
+    assert common.sample_effnet_index(tmp_path / "given") == tmp_path / "given"   # given: used, nothing built
+    assert not (tmp_path / "given").exists()
+
+
 def test_vectors_benchmark_smallest(tmp_path):
     """Embedded Chroma filled in two steps, the ef sweep, a `chroma run` server on 127.0.0.1 (started
     and stopped by the benchmark) and exact search, at a few hundred vectors."""

@@ -219,14 +219,15 @@ def test_the_chart_grows_with_the_methods_and_stays_within_the_first_screen():
 
 # -- About --------------------------------------------------------------------------------------------
 
-def test_about_starts_with_how_to_use_in_three_lines(index_dir):
+def test_about_starts_with_how_to_use_in_four_lines(index_dir):
     index = LookalikeIndex.open(index_dir)
     text = about_markdown(index, Counter())
     lines = text.splitlines()
-    assert lines[0] == "### How to use" and [line[:3] for line in lines[1:4]] == ["1. ", "2. ", "3. "]
+    assert lines[0] == "### How to use" and [line[:3] for line in lines[1:5]] == ["1. ", "2. ", "3. ", "4. "]
     assert "click one of the example images" in lines[1] and "press *Search*" in lines[2]
     assert "green frame" in lines[2] and "red frame" in lines[2]
     assert "**Compare** runs every method" in lines[3] and "**Evaluation** says which method wins" in lines[3]
+    assert "*why* it matched" in lines[4] and "**Map**" in lines[4] and "Refine" not in lines[4]   # pixels only
     assert "(Pixel metrics)" in lines[2]   # the tabs this index has: no Deep features, no Text
     assert text.index(how_to_use(index)) == 0 and text.index("### Library") > text.index("There is no Text tab")
     assert "built with pixels only" in text and not COMMANDS.search(text)

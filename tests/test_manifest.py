@@ -27,7 +27,7 @@ def test_records_are_typed_and_written_back_unchanged(effnet_tiny):
     assert m.chroma.mode == "embedded" and m.chroma.prefix == raw["chroma"]["prefix"]
     assert set(m.rerank.sources) == {"pixel", "effnet"}
     assert json.loads(json.dumps(m.to_json())) == raw   # the same layout, key for key
-    assert m.files() == [m.pixels_file, m.embedder.file, *m.rerank.files()]
+    assert m.files() == [m.pixels_file, m.embedder.file, *m.rerank.files(), *m.maps.files()]
     assert all((effnet_tiny.index / f).is_file() for f in m.files())
 
 

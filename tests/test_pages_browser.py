@@ -123,3 +123,100 @@ def test_each_tab_after_one_example(browser, app, width, height):
             tall = browser.execute_script("return document.documentElement.scrollHeight")
             print(f"Compare page height at k=5, {width}×{height}: {tall} px")
             assert tall <= COMPARE_MAX_HEIGHT
+
+
+def no_overflow(driver, width: int, what: str) -> None:
+    wide = driver.execute_script("return document.documentElement.scrollWidth")
+    assert wide <= width, f"{what} at {width} px is {wide} px wide: something is cut off"
+
+
+def shown_image(driver, css: str):
+    """The image under `css` once it is displayed and decoded, else False (for WebDriverWait)."""
+    imgs = [i for i in driver.find_elements(By.CSS_SELECTOR, f"{css} img") if i.is_displayed()]
+    ok = imgs and driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", imgs[0])
+    return imgs[0] if ok else False
+
+
+def click(driver, element) -> None:
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click()", element)
+
+
+def explain_first_result(driver, width: int, height: int) -> None:
+    """Deep tab: one example, Search, a click on result #1: its explanation figure and formula."""
+    open_tab(driver, "Deep features")
+    search_with_first_example(driver, "deep")
+    click(driver, driver.find_elements(By.CSS_SELECTOR, "#deep-results .thumbnail-item")[0])
+    figure = WebDriverWait(driver, WAIT_S).until(lambda d: shown_image(d, "#deep-explain"))
+    WebDriverWait(driver, WAIT_S).until(lambda d: "```" not in d.find_element(By.CSS_SELECTOR, "#deep-explain-text").text
+                                        and "matched" in d.find_element(By.CSS_SELECTOR, "#deep-explain-text").text)
+    top = page_top(driver, "#deep-explain")
+    print(f"explanation at {width}×{height}: top {top:.0f} px, figure {figure.size}")
+    if width >= 1000:
+        assert top < FIRST_SCREEN   # the answer to the click on the first screen
+        driver.execute_script("window.scrollTo(0, 0)")
+    else:
+        driver.execute_script("document.querySelector('#deep-results').scrollIntoView()")
+    assert figure.is_displayed() and figure.size["width"] <= width
+    driver.save_screenshot(str(ARTIFACTS / f"explain-{width}x{height}.png"))
+    no_overflow(driver, width, "the explanation")
+
+
+def refine_once(driver, width: int, height: int) -> None:
+    """Mark each result right or wrong as its frame says, press Refine: round 1, new results."""
+    captions = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#deep-results .caption-label")]
+    right = [c.startswith(RIGHT) for c in captions]
+    for i, ok in enumerate(right):
+        box = driver.find_elements(By.CSS_SELECTOR, f"#deep-{'right' if ok else 'wrong'} input[type=checkbox]")[i]
+        click(driver, box)
+    click(driver, driver.find_element(By.CSS_SELECTOR, "#deep-refine"))
+    line = f"Round 1 · {sum(right)} right, {len(right) - sum(right)} wrong marked"
+    WebDriverWait(driver, WAIT_S).until(lambda d: line in d.find_element(By.CSS_SELECTOR, "#deep-refine-line").text)
+    WebDriverWait(driver, WAIT_S).until(lambda d: "refined by" in d.find_element(By.CSS_SELECTOR, "#deep-status").text)
+    assert not [e for e in driver.find_elements(By.CSS_SELECTOR, "#deep-explain") if e.is_displayed()]   # gone
+    if width >= 1000:
+        driver.execute_script("window.scrollTo(0, 0)")
+        assert page_top(driver, "#deep-refine-line") < FIRST_SCREEN
+    else:
+        driver.execute_script("document.querySelector('#deep-results').scrollIntoView()")
+    driver.save_screenshot(str(ARTIFACTS / f"refine-{width}x{height}.png"))
+    no_overflow(driver, width, "the refined results")
+
+
+def map_click_and_place(driver, index, width: int, height: int) -> None:
+    """Map tab: the map drawn on opening; a click on a dot shows that image; a placed example."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from webui.map_tab import MapView
+    open_tab(driver, "Map")
+    figure = WebDriverWait(driver, WAIT_S).until(lambda d: shown_image(d, "#map-figure"))
+    if width >= 1000:   # a click on dot 7 of the deep panel, scaled to the figure as shown
+        geometry = MapView(index).base()[2]
+        x, y = geometry.panels[1].points[7]
+        scale = figure.size["width"] / geometry.size[0]
+        ActionChains(driver).move_to_element_with_offset(figure, x * scale - figure.size["width"] / 2,
+                                                         y * scale - figure.size["height"] / 2).click().perform()
+        WebDriverWait(driver, WAIT_S).until(lambda d: index.rels[7] in d.find_element(By.CSS_SELECTOR, "#map-point-text").text)
+    examples = [e for e in driver.find_elements(By.CSS_SELECTOR, "#map-examples button.gallery-item") if e.is_displayed()]
+    click(driver, examples[0])
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#map-image img"))
+    click(driver, driver.find_element(By.CSS_SELECTOR, "#map-place"))
+    WebDriverWait(driver, WAIT_S).until(lambda d: "star is your query" in d.find_element(By.CSS_SELECTOR, "#map-text").text)
+    WebDriverWait(driver, WAIT_S).until(lambda d: shown_image(d, "#map-figure"))
+    driver.execute_script("window.scrollTo(0, 0)" if width >= 1000 else
+                          "document.querySelector('#map-figure').scrollIntoView()")
+    if width >= 1000:
+        assert page_top(driver, "#map-figure") + 200 < FIRST_SCREEN
+    driver.save_screenshot(str(ARTIFACTS / f"map-{width}x{height}.png"))
+    no_overflow(driver, width, "the map")
+
+
+@pytest.mark.parametrize("width,height", SIZES, ids=["desktop", "phone"])
+def test_why_refine_and_map(browser, app, width, height):
+    """The three views of issue 22 as a visitor meets them: click result #1 on the Deep tab and see
+    why it matched; mark the results and Refine; open the Map, click a dot, place an example."""
+    set_viewport(browser, width, height)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get(app.url)
+    explain_first_result(browser, width, height)
+    refine_once(browser, width, height)
+    browser.get(app.url)
+    map_click_and_place(browser, app.index, width, height)

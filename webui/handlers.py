@@ -19,7 +19,7 @@ import functools
 import logging
 import os
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, ParamSpec, TypeVar
 from pathlib import Path
 
 import gradio as gr
@@ -54,14 +54,16 @@ NOT_AN_UPLOAD = ("the query image must be an upload: upload a photo, take one wi
 _HASH_FOLDER = re.compile(r"[0-9a-f]{16,128}")   # Gradio keeps each upload in a folder named by its hash
 
 Outputs = tuple[list[GalleryItem], str, list[dict[str, Any]]]   # gallery, status line, rows as data
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 # -- handlers ---------------------------------------------------------------------------------
-def user_errors(fn: Callable[..., Outputs]) -> Callable[..., Outputs]:
+def user_errors(fn: Callable[P, T]) -> Callable[P, T]:
     """Show LookalikeError messages in the UI (and to API clients) without a server traceback;
     an error's remedy (Remedy) is said for a visitor: who can act on it."""
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Outputs:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
         except LookalikeError as exc:
@@ -288,7 +290,7 @@ class Searcher:
         # the test split's classes by content: an example comes back from the browser as a copy
         self.known = test_labels(index) if known is None else known
 
-    def _method(self, method: Any, choices: list[str], what: str = "method") -> str:
+    def check_method(self, method: Any, choices: list[str], what: str = "method") -> str:
         """A method name from the page or the API: text, bounded, one this index offers."""
         method = text_field(method, what, MAX_NAME_CHARS)
         if method not in choices:
@@ -296,7 +298,7 @@ class Searcher:
                                  f"{', '.join(choices) or 'none (pixel-only index)'}")
         return method
 
-    def _ready(self, method: str) -> str:
+    def ready(self, method: str) -> str:
         """Load the model (and Chroma, for HNSW) if needed; returns a note when this call loaded it.
         While the app's warm-up is still loading, wait at most WARM_WAIT_S, then refuse with a
         message (never a hang on the load lock, never a traceback)."""
@@ -321,7 +323,7 @@ class Searcher:
             return "the model loads with the first deep query"
         return "model ready" + (f" (loaded in {took:.1f} s)" if took is not None else "")
 
-    def _outputs(self, hits: list[Hit], seconds: float, method: str, note: str = "",
+    def outputs(self, hits: list[Hit], seconds: float, method: str, note: str = "",
                  marks: Marks | None = None) -> Outputs:
         """The gallery (framed where right and wrong are known), the status line and the raw rows.
         Only files inside the library are served: a result that is (now) a symbolic link leading
@@ -344,36 +346,36 @@ class Searcher:
     def _image_search(self, image: Any, method: str, k: Any) -> Outputs:
         k = slider_k(k)
         source = query_source(image, self.files)
-        note = self._ready(method)
+        note = self.ready(method)
         hits, seconds = self.index.search(source, method, k, name=upload_name(image))
-        return self._outputs(hits, seconds, method, note, mark_hits(self.index, source, hits, self.known))
+        return self.outputs(hits, seconds, method, note, mark_hits(self.index, source, hits, self.known))
 
     def pixel(self, image: Any, metric: Any, k: Any = DEFAULT_K) -> Outputs:
-        metric = self._method(metric, list(METRICS), "pixel metric")
+        metric = self.check_method(metric, list(METRICS), "pixel metric")
         return self._image_search(image, str(Method(PIXEL, metric)), k)
 
     def deep(self, image: Any, method: Any, k: Any = DEFAULT_K) -> Outputs:
-        method = self._method(method, deep_methods(self.index), "deep method")
+        method = self.check_method(method, deep_methods(self.index), "deep method")
         return self._image_search(image, method, k)
 
     def text(self, prompt: Any, method: Any, k: Any = DEFAULT_K) -> Outputs:
         k = slider_k(k)
         prompt = text_field(prompt, "text prompt", MAX_TEXT_CHARS, optional=True)
-        method = self._method(method, self.index.methods)
-        note = self._ready(method) if method in deep_methods(self.index) else ""
+        method = self.check_method(method, self.index.methods)
+        note = self.ready(method) if method in deep_methods(self.index) else ""
         hits, seconds = self.index.search_text(prompt, method, k)
-        return self._outputs(hits, seconds, method, note)
+        return self.outputs(hits, seconds, method, note)
 
     def composed(self, terms: Any, image: Any, image_weight: Any, minus: Any, method: Any,
                  k: Any = DEFAULT_K) -> Outputs:
         """Text terms (one per line, 'W:text' weighs one), an optional image with its weight, and
         minus terms (one per line). Web text is always text: it is never read as a server path."""
         k = slider_k(k)
-        method = self._method(method, self.index.methods)
+        method = self.check_method(method, self.index.methods)
         parsed = composed_terms(terms, image, image_weight, minus, self.files)
-        note = self._ready(method) if method in deep_methods(self.index) else ""
+        note = self.ready(method) if method in deep_methods(self.index) else ""
         hits, seconds = self.index.search_composed(parsed, method, k)
-        return self._outputs(hits, seconds, method, note)
+        return self.outputs(hits, seconds, method, note)
 
 
 def composed_terms(terms: Any, image: Any, image_weight: Any, minus: Any,

@@ -17,6 +17,8 @@ from retrieval.search import MAX_K, MAX_TEXT_CHARS, LookalikeIndex
 from .compare import compare_tab, model_title
 from .duplicates import duplicates_tab
 from .evaluation import evaluation_tab
+from .explain_panel import WhyPanels
+from .map_tab import link_query, map_tab
 from .handlers import (DEFAULT_K, MAX_UPLOAD_BYTES, Outputs, QueryFiles, Searcher, deep_methods, method_detail,
                        remedy_words, user_errors)
 from .texts import about_markdown, example_images
@@ -29,8 +31,9 @@ PIXEL_CONCURRENCY = 4        # pixel queries are a few ms of numpy; let more of 
 QUEUE_SIZE = 64              # requests queued at once, all endpoints together: bounds the memory their bodies hold
 MAX_WAIT_S = 30.0            # longest queue wait before "busy, try again" (webui.admission; docs/reliability.md)
 # Galleries as tall as their thumbnails (Gradio's own gallery keeps at least 450 px: empty space
-# under five results), with as many columns as fit (a phone gets two or three); the Compare summary
-# table in compact rows, its family and bar columns left out on a phone.
+# under five results), with as many columns as fit (a phone gets two or three); where a click explains
+# a result, five in a row, so the explanation under them starts on the first screen; the Compare
+# summary table in compact rows, its family and bar columns left out on a phone.
 PAGE_CSS = """
 .lk-gallery .fixed-height { min-height: 0 !important; max-height: none !important; }
 .lk-gallery .grid-wrap { overflow-y: visible !important; padding: 4px !important; }
@@ -38,6 +41,8 @@ PAGE_CSS = """
 .lk-gallery .caption-label { max-width: 100% !important; font-size: 11px !important; opacity: 0.9 !important; }
 .lk-gallery.lk-grid .grid-container { grid-template-columns: repeat(auto-fill, minmax(100px, 1fr)) !important; }
 .lk-gallery.lk-grid .thumbnail-item { aspect-ratio: 4 / 3 !important; }
+.lk-gallery.lk-why .grid-container { grid-template-columns: repeat(auto-fill, minmax(118px, 1fr)) !important; }
+.lk-explain img { max-height: 440px !important; object-fit: contain !important; }
 .compare-row { gap: 2px !important; }
 .lk-summary td, .lk-summary th { padding: 1px 8px !important; line-height: 1.35; }
 @media (max-width: 640px) {
@@ -48,12 +53,16 @@ PAGE_CSS = """
 IMAGE_SOURCES: list[Literal["upload", "webcam", "clipboard"]] = ["upload", "webcam", "clipboard"]
 
 
-def _results(tab: str) -> tuple[gr.Gallery, gr.Markdown, gr.JSON]:
+def _results(tab: str, *, why: WhyPanels | None = None) -> tuple[gr.Gallery, gr.Markdown, gr.JSON]:
     """The status line (time, P@k), the gallery and the raw rows. The gallery takes JPEG copies of
-    the framed thumbnails (webui.results): a few ms to write, and the frame colour survives."""
+    the framed thumbnails (webui.results): a few ms to write, and the frame colour survives. With
+    `why`, a click on a result explains it (no enlarged preview) and its panels sit under the results."""
     status = gr.Markdown(elem_id=f"{tab}-status")
     gallery = gr.Gallery(label="Results", columns=4, object_fit="contain", format="jpeg", buttons=[],
-                         elem_id=f"{tab}-results", elem_classes=["lk-gallery"])
+                         allow_preview=why is None, elem_id=f"{tab}-results",
+                         elem_classes=["lk-gallery", "lk-why"] if why else ["lk-gallery"])
+    if why:
+        why.build(tab)
     with gr.Accordion("Results as data (raw scores)", open=False):
         rows = gr.JSON(label="Results (rank, class, score, file, correct)")
     return gallery, status, rows
@@ -74,9 +83,11 @@ def _k_slider(elem_id: str) -> gr.Slider:
 
 def _image_search_tab(tab: str, examples: list[str], fn: Callable[..., Outputs], api_name: str,
                       selector: Callable[[], gr.components.Component], *,
-                      examples_label: str = "Test-split images", **event: Any) -> gr.Image:
+                      examples_label: str = "Test-split images", why: WhyPanels | None = None,
+                      **event: Any) -> gr.Image:
     """A compact query column (image, examples, method, k, Search) beside the results, so the
-    results land on the first screen; a narrow screen stacks them in one column. One endpoint."""
+    results land on the first screen; a narrow screen stacks them in one column. One endpoint.
+    `why`: the tab's "why this result" (and refine) panels, under its results."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
             image = _image_input(examples, f"{tab}-image", examples_label)
@@ -85,11 +96,14 @@ def _image_search_tab(tab: str, examples: list[str], fn: Callable[..., Outputs],
                 k = _k_slider(f"{tab}-k")
                 button = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id=f"{tab}-search")
         with gr.Column(scale=3, min_width=320):
-            outputs = _results(tab)
+            outputs = _results(tab, why=why)
     # preprocess=False: the handler gets the payload as sent, so load_image decodes it once and its
     # errors reach the user as they are. Gradio checks nothing then: the handler accepts only an
     # upload or a library image (handlers.QueryFiles), never a path the client names.
-    button.click(user_errors(fn), [image, choice, k], list(outputs), api_name=api_name, preprocess=False, **event)
+    search = button.click(user_errors(fn), [image, choice, k], list(outputs), api_name=api_name,
+                          preprocess=False, **event)
+    if why:
+        why.wire(search, image, choice, k, outputs)
     return image
 
 
@@ -151,8 +165,9 @@ def _deep_tab(index: LookalikeIndex, searcher: Searcher, examples: list[str], ex
     best = (f" The method marked *{BEST}* scored the highest mAP when this index was evaluated "
             "(see the Evaluation tab)." if defaults.marked(defaults.deep) else "")
     gr.Markdown(f"Model: **{model_title(index)}**.{best}", elem_id="deep-model")
+    why = WhyPanels(searcher, lambda m: m, refine=True, public=True)   # /explain and /refine
     return [_image_search_tab("deep", examples, searcher.deep, "search_deep", examples_label=examples_label,
-                              selector=lambda: _method_dropdown(
+                              why=why, selector=lambda: _method_dropdown(
         index, defaults, deep, elem_id="deep-method",
         info="Exact metrics scan every stored vector; HNSW asks Chroma's approximate graph index "
              "(what scales to millions)."))]
@@ -183,6 +198,11 @@ def _pixel_metric(defaults: TabDefaults) -> gr.Radio:
                     info=f"{info}. L1 and L2 rank the smallest first, cosine and correlation the largest.")
 
 
+def _pixel_method(metric: Any) -> Any:
+    """The Pixel tab's selector value ("l1") as the method name the explanation takes ("pixel-l1")."""
+    return str(Method(PIXEL, metric)) if isinstance(metric, str) else metric
+
+
 def _headline(index: LookalikeIndex) -> str:
     """The page's title and one line on what it does (text search only where the index has it)."""
     ways = "by raw pixels, by deep features" + (", or by a text description" if index.has_text else "")
@@ -206,8 +226,9 @@ def build_demo(index: LookalikeIndex, warm: WarmUp | None = None) -> gr.Blocks:
         gr.Markdown(_headline(index))
         _model_status(searcher, demo)
         with gr.Tab("Pixel metrics"):
+            why = WhyPanels(searcher, _pixel_method, refine=False, public=not deep)   # refine: deep only
             query_images = [_image_search_tab("pixel", examples, searcher.pixel, "search_pixel",
-                                              examples_label=examples_label,
+                                              examples_label=examples_label, why=why,
                                               selector=lambda: _pixel_metric(defaults),
                                               concurrency_limit=PIXEL_CONCURRENCY)]
         with gr.Tab("Deep features"):   # the model is a detail inside (a phone cuts long tab titles)
@@ -216,7 +237,9 @@ def build_demo(index: LookalikeIndex, warm: WarmUp | None = None) -> gr.Blocks:
             with gr.Tab("Text → image"):
                 _text_tab(index, searcher, deep, defaults)
         with gr.Tab("Compare"):   # one query through every method (webui/compare.py)
-            compare_tab(index, examples, examples_label, query_images, files, known)
+            query_images.append(compare_tab(index, examples, examples_label, query_images, files, known))
+        with gr.Tab("Map") as tab:   # the library on two 2-D maps, a query placed (webui/map_tab.py)
+            link_query(map_tab(index, tab, examples, examples_label, files), query_images)
         with gr.Tab("Evaluation"):
             evaluation_tab(index)
         with gr.Tab("Duplicates"):   # near-duplicate groups of this library (webui/duplicates.py)

@@ -232,17 +232,24 @@ def _library_line(items: list, train: Counter, test_counts: Counter) -> str:
 
 
 def how_to_use(index: LookalikeIndex) -> str:
-    """The About tab's first lines: what to do with the app, in three steps."""
+    """The About tab's first lines: what to do with the app, in four steps."""
     labelled = any(index.manifest.labels)
     tabs = ["Pixel metrics"] + (["Deep features"] if index.manifest.embedder else []) \
         + (["Text → image"] if index.has_text else [])
     frames = (" For an example query, a green frame marks a result of its class, a red frame another class."
               if labelled else "")
     evaluation = " **Evaluation** says which method wins on this library." if labelled else ""
+    deep = index.manifest.embedder is not None
+    refine = (" On **Deep features**, tick results as right or wrong and press *Refine*: the query moves toward "
+              "the right ones, and the wrong ones leave the list; repeat as often as you like." if deep else "")
     return ("### How to use\n"
             "1. **Pick a query:** click one of the example images, or upload, paste or photograph your own.\n"
             f"2. **Search:** choose a tab ({', '.join(tabs)}) and a method, then press *Search*.{frames}\n"
-            f"3. **Compare** runs every method on one query at once.{evaluation}")
+            f"3. **Compare** runs every method on one query at once.{evaluation}\n"
+            f"4. **Look closer:** click a result on the {'Pixel or Deep tab' if deep else 'Pixel tab'} to see *why* it matched: a heat map over "
+            "both images of where the score comes from, and the formula with this pair's numbers." + refine
+            + " The **Map** tab lays the whole library out flat" + (", pixels beside deep features" if deep else "")
+            + ": similar images sit together, and *Place on map* shows where your query lands.")
 
 
 def no_text_tab(embedder: EmbedderRecord | None) -> str:
@@ -257,7 +264,7 @@ def no_text_tab(embedder: EmbedderRecord | None) -> str:
 
 
 def about_markdown(index: LookalikeIndex, test_counts: Counter) -> str:
-    """How to use the app (three lines, and why there is no Text tab where there is none), then the
+    """How to use the app (four lines, and why there is no Text tab where there is none), then the
     reference: the library, its credits, the model, the index and how it is rebuilt."""
     m = index.manifest
     train = Counter(m.labels)

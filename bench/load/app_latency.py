@@ -52,9 +52,9 @@ from retrieval.library import scan_split
 from retrieval.methods import PIXEL_DEFAULT
 from retrieval.search import LookalikeIndex
 
-from ..common import (ROOT, free_port, machine_info, median_ms, p95_ms, proc_field, sample_library, stop_process,
-                      timed)
-from .soak import effnet_index, start_server
+from ..common import (ROOT, free_port, machine_info, median_ms, p95_ms, proc_field, sample_effnet_index,
+                      sample_library, stop_process, timed)
+from .soak import start_server
 
 ENDPOINTS = {"pixel": ("/search_pixel", PIXEL_DEFAULT.metric, str(PIXEL_DEFAULT)), "deep": ("/search_deep", None, None)}
 BASELINE = "ab506cd"   # the code before issue 21's start-up work (model ready 24 s on a 2-vCPU Space)
@@ -316,7 +316,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.load.app_latency", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="library (default: data/, the sample library, built if missing)")
-    p.add_argument("--index", type=Path, default=None, help="a built index (default: build an effnet index in a temp dir)")
+    p.add_argument("--index", type=Path, default=None,
+                   help="a built index (default: an effnet index of --data in bench.common.SAMPLE_INDEX, "
+                        "built on first use and brought up to date on later ones)")
     p.add_argument("--queries", type=int, default=40, help="queries per (method, clients) setting (default 40)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     p.add_argument("--baseline", default=BASELINE,
@@ -335,7 +337,7 @@ def main() -> int:
     data = sample_library(args.data)
     tmp = tempfile.TemporaryDirectory(prefix="lookalike-bench-")
     work = Path(tmp.name)
-    index_dir = args.index or effnet_index(work, data, evaluate=True)   # the app shows its Evaluation tab
+    index_dir = sample_effnet_index(args.index, data)   # evaluated: the app shows its Evaluation tab
     index = LookalikeIndex.open(index_dir, data_dir=Path(data))
     deep = str(index.default_method) if index.manifest.embedder else None
     ENDPOINTS["deep"] = ("/search_deep", deep, deep)

@@ -12,10 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import ModelError
+from ..images import MAX_ASPECT, cap_aspect
 from . import Embedder
+from .preprocessing import WholeImage
 
 if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNet
@@ -63,6 +68,40 @@ def gem(feature_map: torch.Tensor, p: float = GEM_P, eps: float = 1e-6) -> torch
     return x.pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
+Box = tuple[float, float, float, float]   # (left, top, right, bottom) as fractions of the image
+
+
+def network_input(embedder: Embedder, image: Image.Image) -> torch.Tensor:
+    """One image as the model receives it in a search: the embedder's own preprocessing (its PIL
+    steps, then the per-batch normalisation), a batch of one on its device and dtype."""
+    img = image if image.mode == "RGB" else image.convert("RGB")
+    split = embedder.split
+    if split is not None:
+        x = split.normalise(split.to_uint8(img)[None].to(embedder.device), embedder.dtype)
+    else:
+        x = embedder.preprocess(cap_aspect(img))[None].to(device=embedder.device, dtype=embedder.dtype)
+    return x.contiguous(memory_format=torch.channels_last) if embedder.channels_last else x
+
+
+def centre_box(size: tuple[int, int], max_ratio: float) -> Box:
+    """The part of a w x h image that `cap_aspect(img, max_ratio)` keeps, as fractions."""
+    w, h = size
+    if min(w, h) < 1 or max(w, h) <= max_ratio * min(w, h):
+        return (0.0, 0.0, 1.0, 1.0)
+    if w > h:
+        keep = max(1, int(h * max_ratio))
+        left = (w - keep) // 2
+        return (left / w, 0.0, (left + keep) / w, 1.0)
+    keep = max(1, int(w * max_ratio))
+    top = (h - keep) // 2
+    return (0.0, top / h, 1.0, (top + keep) / h)
+
+
+def unit_rows(x: torch.Tensor) -> np.ndarray:
+    """L2-normalised float32 rows on the CPU (the search's vectors are unit rows)."""
+    return F.normalize(x.float(), dim=-1).cpu().numpy()
+
+
 class EffnetEmbedder(Embedder):
     """ImageNet efficientnet-lite0 features (1280-d): the whole image, GeM-pooled, mean = std = 0.5.
 
@@ -80,7 +119,6 @@ class EffnetEmbedder(Embedder):
 
     def __init__(self, device: torch.device | str | None = None) -> None:
         from torchvision import transforms
-        from .preprocessing import WholeImage
         model = build_model()
         # mean = std = 0.5 as timm's eval transform for these weights; the whole image, not its centre
         preprocess = transforms.Compose([WholeImage(SHORT_SIDE), transforms.ToTensor(),
@@ -89,3 +127,33 @@ class EffnetEmbedder(Embedder):
 
     def _image_features(self, batch: torch.Tensor) -> torch.Tensor:
         return gem(self.model.forward_features(batch))
+
+    region_kind = "share"   # region_map: each position's share of the cosine (they add up to it)
+
+    def spatial_features(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        """(global, local) from one pass of the network: the unit GeM vector the search uses
+        (dim,) and the feature map before pooling, as it is (h, w, dim) float32."""
+        with torch.inference_mode():
+            fmap = self.model.forward_features(network_input(self, image)).float()
+            pooled = unit_rows(gem(fmap))[0]
+            local = fmap[0].permute(1, 2, 0).cpu().numpy()
+        return pooled, local
+
+    @staticmethod
+    def region_map(local: np.ndarray, other: np.ndarray, p: float = GEM_P, eps: float = 1e-6) -> np.ndarray:
+        """(h, w): each position's exact share of cos(GeM(local), other). GeM pools channel c to
+        g_c = (mean over positions of x^p)^(1/p), so g_c = mean(x^p) / g_c^(p-1) and
+        cos = sum_c g_c o_c / |g| |o| = sum over positions of sum_c x^p o_c / (P g_c^(p-1) |g| |o|)."""
+        x = np.maximum(np.asarray(local, np.float64), eps)
+        positions = x.shape[0] * x.shape[1]
+        g = (x ** p).mean(axis=(0, 1)) ** (1.0 / p)
+        o = np.asarray(other, np.float64)
+        weights = o / (g ** (p - 1) * positions * np.linalg.norm(g) * (np.linalg.norm(o) or 1.0))
+        return ((x ** p) @ weights).astype(np.float32)
+
+    def covered_box(self, size: tuple[int, int]) -> Box:
+        """The part of a w x h image the network sees: the whole image, its long side capped at
+        twice the short one (WholeImage's centre crop)."""
+        steps = self.split.pil_steps if self.split else ()
+        ratio = next((s.max_aspect for s in steps if isinstance(s, WholeImage)), MAX_ASPECT)
+        return centre_box(size, min(ratio, MAX_ASPECT))

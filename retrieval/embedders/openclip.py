@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import ModelError
 from ..library import file_sha256
 from . import Embedder
+from .backbone import Box, network_input, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +185,58 @@ class OpenClipEmbedder(Embedder):
 
     def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+
+    def spatial_features(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        """(global, local) from one pass of a ViT image tower: the unit image vector the search
+        uses (dim,) and each patch token through the same final norm and projection (h, w, dim),
+        so both live in the space the search compares. open_clip's VisionTransformer.forward,
+        written out with its public parts; other towers (ResNets, attentional pooling) refuse."""
+        v = self.model.visual
+        if getattr(v, "attn_pool", None) is not None or getattr(v, "proj", None) is None \
+                or getattr(v, "pool_type", None) not in ("tok", "avg") or getattr(v, "final_ln_after_pool", True):
+            raise ModelError(f"similarity maps need a CLIP ViT image tower with a token or average pool; "
+                             f"this model ({self.spec}) has another kind")
+        with torch.inference_mode():
+            x = v.conv1(network_input(self, image))               # (1, width, gh, gw)
+            gh, gw = x.shape[-2:]
+            x = x.flatten(2).permute(0, 2, 1)
+            cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+            x = v.ln_post(v.transformer(v.ln_pre(v.patch_dropout(x))))
+            tokens = x[:, 1:]
+            pooled = x[:, 0] if v.pool_type == "tok" else tokens.mean(dim=1)
+            pooled_vec = unit_rows(pooled @ v.proj)[0]
+            local = unit_rows((tokens @ v.proj)[0]).reshape(int(gh), int(gw), -1)
+        return pooled_vec, local
+
+    region_kind = "cosine"   # region_map: cosine of each patch with the other image's vector
+
+    @staticmethod
+    def region_map(local: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """(h, w): the cosine between each patch's projected token and `other`. The class token
+        attends to every patch, so no per-patch sum gives the score; this says where they agree."""
+        o = np.asarray(other, np.float32)
+        norms = np.linalg.norm(local, axis=-1) * (float(np.linalg.norm(o)) or 1.0)
+        return ((local @ o) / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def covered_box(self, size: tuple[int, int]) -> Box:
+        """The part of a w x h image the image tower sees: the centre square when its transform
+        resizes the short side and crops the centre (ViT-B-32's), else the whole image."""
+        steps = self.split.pil_steps if self.split else ()
+        names = [type(step).__name__ for step in steps]
+        if "Resize" not in names or "CenterCrop" not in names:
+            return (0.0, 0.0, 1.0, 1.0)
+        size_arg = getattr(steps[names.index("Resize")], "size", None)
+        if isinstance(size_arg, (list, tuple)) and len(size_arg) == 1:
+            size_arg = size_arg[0]
+        if not isinstance(size_arg, int):   # a (h, w) resize squashes: the crop is all of it
+            return (0.0, 0.0, 1.0, 1.0)
+        short = size_arg
+        crop = getattr(steps[names.index("CenterCrop")], "size", (short, short))
+        w, h = size
+        side_w = min(1.0, crop[-1] / (short * w / min(w, h)))
+        side_h = min(1.0, crop[0] / (short * h / min(w, h)))
+        return ((1 - side_w) / 2, (1 - side_h) / 2, (1 + side_w) / 2, (1 + side_h) / 2)
 
 
 def load_open_clip(spec: str, device: torch.device | str | None = None) -> OpenClipEmbedder:
