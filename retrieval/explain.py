@@ -6,9 +6,10 @@ cosine and the same on mean-centred values for correlation. Summed over R, G, B 
 of the index's pixel grid, those terms are the maps (the query's and the result's are the same grid),
 and they add up to the search's own score; `formula` writes that sum out with this pair's numbers.
 
-Deep methods pool a network's feature map into one vector, so no per-position sum gives the
-score; their maps are similarity maps instead (retrieval.explain_deep): for each position of one
-image, the cosine between its local feature vector and the other image's whole-image vector.
+Deep methods pool a network's feature map into one vector (retrieval.explain_deep). For the offline
+backbone, GeM pooling with p = 2 lets the cosine split exactly into one share per region of each
+image, and the maps are those shares (they add up to the score). For CLIP ViT no such split exists,
+and each cell is the cosine between a projected patch token and the other image's vector.
 
 Re-ranked methods (+dba, +qe, +kr) move the vectors with the library's neighbours: their maps show
 the base metric (e.g. effnet-cosine) and `summary` says so; approximate (HNSW) methods show the exact

@@ -98,7 +98,7 @@ def test_index_build_killed_at_random_points_opens_consistently_or_is_repaired(t
     complete_run(tmp_path / "ref2")
     final = Manifest.read(index)
     live = set(final.files())
-    assert len(live) == 7   # pixels, embeddings, two DBA arrays, effnet's transform and k-reciprocal graph (two)
+    assert len(live) == 9   # pixels, embeddings, two DBA arrays, effnet's transform, k-reciprocal graph (two), two maps
     assert not [p.name for p in index.iterdir() if p.name.startswith(".") or (p.suffix == ".npy" and p.name not in live)]
     with capsys.disabled():
         print(f"\n[reliability] SIGKILL seed {KILL_SEED} (LOOKALIKE_KILL_SEED): (kill after, run, state) {states}")
