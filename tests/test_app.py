@@ -492,3 +492,17 @@ def test_a_test_split_with_a_copied_photo_offers_it_once(tmp_path):
     assert len(strip.paths) == 6 and len({file_sha256(Path(p)) for p in strip.paths}) == 6
     copies = {str(data / "test" / "red" / "test_0.jpg"), str(data / "test" / "blue" / "again.jpg")}
     assert len(copies & set(strip.paths)) == 1   # the first in the strip's order stays
+
+
+def test_a_large_test_split_gives_a_short_strip_with_every_class(tmp_path, monkeypatch):
+    """gr.Examples' set-up grows with the square of its size (10,000 Fashion-MNIST test images
+    took minutes of start-up), so a test split larger than MAX_EXAMPLES is spread over the classes."""
+    import webui.texts as texts
+    data = make_tiny_library(tmp_path / "data", n_train=2, n_test=4)
+    build_index(data, tmp_path / "index", model="none", evaluate=False)
+    index = LookalikeIndex.open(tmp_path / "index")
+    everything = example_images(index).paths
+    monkeypatch.setattr(texts, "MAX_EXAMPLES", 3)
+    strip = example_images(index).paths
+    assert len(everything) > 3 and len(strip) == 3 and set(strip) <= set(everything)
+    assert len({Path(p).parent.name for p in strip}) == 3   # one of each class first

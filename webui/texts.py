@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Mapping, cast
 
@@ -305,6 +306,9 @@ says how. Methods: {', '.join(f'`{x}`' for x in index.methods)}."""
 
 
 NO_TEST_SPLIT = "no test split: the example strip shows library images"
+# Each strip is a gr.Examples, whose set-up time grows with the square of its size: Fashion-MNIST's
+# 10,000 test images made three strips take 2.5 minutes of start-up. A larger test split is spread.
+MAX_EXAMPLES = 100
 
 
 @dataclass(frozen=True)
@@ -322,11 +326,24 @@ def example_images(index: LookalikeIndex) -> ExampleStrip:
     would show twice)."""
     paths, counts = test_examples(index.data_dir)
     if paths:   # inside the library first: a link out is never read, not even to hash it
-        return ExampleStrip(distinct_files([p for p in paths if inside_root(p, index.data_dir)]),
+        inside = [p for p in paths if inside_root(p, index.data_dir)]
+        return ExampleStrip(spread(distinct_files(spread(inside, 2 * MAX_EXAMPLES)), MAX_EXAMPLES),
                             "Test-split images", counts)
     log.info(NO_TEST_SPLIT)   # one plain line: a photo folder without test/ is normal, not an error
     return ExampleStrip([p for p in library_examples(index) if inside_root(p, index.data_dir)],
                         "Library images", counts)
+
+
+def spread(paths: list[str], n: int) -> list[str]:
+    """The paths as they are when there are at most n; else n of them taken in turn from each class
+    folder, so that every class shows on the strip's first pages."""
+    if len(paths) <= n:
+        return paths
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        by_class[Path(path).parent.name].append(path)
+    turns = (p for group in zip_longest(*by_class.values()) for p in group if p is not None)
+    return [p for _, p in zip(range(n), turns)]
 
 
 def library_examples(index: LookalikeIndex, n: int = 10) -> list[str]:
