@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -506,3 +507,21 @@ def test_a_large_test_split_gives_a_short_strip_with_every_class(tmp_path, monke
     strip = example_images(index).paths
     assert len(everything) > 3 and len(strip) == 3 and set(strip) <= set(everything)
     assert len({Path(p).parent.name for p in strip}) == 3   # one of each class first
+
+
+def test_a_framed_result_is_written_once_and_never_rewritten(tmp_path):
+    """Two visitors shown the same framed result get the same file, written once: Gradio rewrote a
+    PIL image's cache file in place per request, and a concurrent download then read it truncated."""
+    from webui.results import framed
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (300, 200), (120, 120, 120)).save(photo)
+    first = framed(photo, True)
+    before = os.stat(first)
+    again, wrong = framed(photo, True), framed(photo, False)
+    after = os.stat(again)
+    assert again == first and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert wrong != first and Path(first).suffix == ".jpg" and framed(photo, None) == str(photo)
+    with Image.open(first) as img:
+        assert frame_mark(img.convert("RGB").getpixel((2, 2))) == "right"
+    with Image.open(wrong) as img:
+        assert frame_mark(img.convert("RGB").getpixel((2, 2))) == "wrong"

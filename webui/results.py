@@ -5,18 +5,29 @@ and the words for why nothing is marked where the class is unknown.
 
 The frame is drawn into a small copy of the library image, so its colour is the same in every
 browser and in a screenshot; where nothing is marked the gallery gets the library file itself.
+The copy is a JPEG file written once, atomically, under a folder of this process: Gradio rewrites
+the cache file of a PIL image in place on every request, so two visitors shown the same framed
+result raced (one was served the file while the other truncated it); a file is copied into
+Gradio's cache under a temporary name and renamed, and never rewritten.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import hashlib
+import io
 import logging
 import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageOps
 
 from retrieval.compare import NO_CLASSES, RIGHT_COLOUR, UNLABELLED_IMAGE, WRONG_COLOUR, Marks, readable_score
+from retrieval.atomic import write_bytes
 from retrieval.errors import ImageError
 from retrieval.methods import Method
 from retrieval.search import Hit
@@ -28,7 +39,21 @@ THUMB_SIDE = 224          # the framed copy's longer side: a gallery cell is sma
 FRAME_SHARE = 0.045       # the frame's width as a share of that side (10 px at 224)
 CACHE_THUMBS = 256        # decoded library thumbnails kept (about 150 KB each)
 
-GalleryItem = tuple[Image.Image | str, str]
+GalleryItem = tuple[str, str]
+JPEG_QUALITY = 85
+_frames_lock = threading.Lock()
+_frames_dir: list[Path] = []   # this process's folder of framed copies, made on first use
+
+
+def frames_folder() -> Path:
+    """The folder of this process's framed copies (in the system's temp folder, which Gradio may
+    serve from), removed when the process exits."""
+    with _frames_lock:
+        if not _frames_dir:
+            folder = Path(tempfile.mkdtemp(prefix="lookalike-frames-"))
+            atexit.register(shutil.rmtree, folder, True)
+            _frames_dir.append(folder)
+        return _frames_dir[0]
 
 
 @functools.lru_cache(maxsize=CACHE_THUMBS)
@@ -44,19 +69,28 @@ def _thumbnail(path: str, stamp: int) -> Image.Image | None:
     return img
 
 
-def framed(path: Path | str, correct: bool | None) -> Image.Image | str:
-    """The image a gallery shows for one hit: a framed thumbnail when right or wrong is known,
-    else the library file itself."""
+def framed(path: Path | str, correct: bool | None) -> str:
+    """The file a gallery shows for one hit: a framed thumbnail (a JPEG written once per file
+    version and colour) when right or wrong is known, else the library file itself."""
     if correct is None:
         return str(path)
     try:
-        thumb = _thumbnail(str(path), os.stat(path).st_mtime_ns)
+        stamp = os.stat(path).st_mtime_ns
     except OSError:
-        thumb = None
+        return str(path)
+    key = hashlib.sha256(f"{path}\0{stamp}\0{correct}".encode()).hexdigest()[:32]
+    target = frames_folder() / f"{key}.jpg"
+    if target.is_file():
+        return str(target)
+    thumb = _thumbnail(str(path), stamp)
     if thumb is None:
         return str(path)
     border = max(4, round(FRAME_SHARE * THUMB_SIDE))
-    return ImageOps.expand(thumb, border=border, fill=RIGHT_COLOUR if correct else WRONG_COLOUR)
+    image = ImageOps.expand(thumb, border=border, fill=RIGHT_COLOUR if correct else WRONG_COLOUR)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    write_bytes(target, buffer.getvalue())   # a temporary name, then renamed: never seen half-written
+    return str(target)
 
 
 def caption(hit: Hit, m: Method, dims: int, correct: bool | None, *, short: bool = False) -> str:
